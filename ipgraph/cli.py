@@ -1,0 +1,296 @@
+"""The ``ipgraph`` command: run/validate graphs, list nodes, make the tiny models, serve the web editor.
+
+This is the one module that sees every room (engine, nodes, server); it holds no logic of its own beyond
+parsing arguments and printing events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from engine import (CancelToken, Engine, Graph, GraphFormatError, NodeFailed, Registry, RunCancelledError,
+                    ValidationFailed, events)
+from engine.comfy import from_comfy_api, is_comfy_api
+
+
+class CliError(Exception):
+    """A user mistake reported as one readable sentence (no traceback unless --debug)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, GraphFormatError, FileNotFoundError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ipgraph", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--models-dir", help="models folder (default $IPGRAPH_MODELS_DIR or ./models)")
+        p.add_argument("--registry", help="use MODULE:ATTR as the node registry instead of ipgraph's nodes")
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    run = sub.add_parser("run", help="run a graph (JSON, ComfyUI API JSON, or a PNG saved by ipgraph)")
+    run.add_argument("graph")
+    run.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                     help="change an input before running (VALUE is JSON, or a plain string)")
+    run.add_argument("--output-dir", help="where output images go (default ./output)")
+    run.add_argument("--input-dir", help="where input images are looked up (default ./input)")
+    run.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    run.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="model dtype")
+    run.add_argument("--repeat", type=int, default=1, help="run N times (later runs hit the cache)")
+    common(run)
+    run.set_defaults(func=cmd_run)
+
+    val = sub.add_parser("validate", help="check a graph and print every problem")
+    val.add_argument("graph")
+    val.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE")
+    common(val)
+    val.set_defaults(func=cmd_validate)
+
+    nodes = sub.add_parser("nodes", help="list node types")
+    nodes.add_argument("--json", action="store_true", help="full JSON description")
+    common(nodes)
+    nodes.set_defaults(func=cmd_nodes)
+
+    models = sub.add_parser("models", help="model files")
+    models_sub = models.add_subparsers(dest="models_command")
+    tiny = models_sub.add_parser("tiny", help="write the tiny random-weight models (real formats)")
+    tiny.add_argument("--models-dir")
+    tiny.add_argument("--debug", action="store_true")
+    tiny.set_defaults(func=cmd_models_tiny)
+    lst = models_sub.add_parser("list", help="list the models folder")
+    lst.add_argument("--models-dir")
+    lst.add_argument("--debug", action="store_true")
+    lst.set_defaults(func=cmd_models_list)
+
+    serve = sub.add_parser("serve", help="run the HTTP/websocket server and the web editor")
+    serve.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the server (see --help)")
+    serve.set_defaults(func=cmd_serve, debug=False)
+    return parser
+
+
+# -- commands -----------------------------------------------------------------------------------------
+
+def cmd_run(args) -> int:
+    registry = load_registry(args.registry)
+    runtime = make_runtime(args, registry)
+    graph = apply_sets(load_graph(args.graph, registry), args.set)
+    if registry is default_registry():
+        from nodes.tiny_models import ensure_for_graph
+
+        ensure_for_graph(graph, runtime)
+    engine = Engine(registry, runtime)
+    printer = ProgressPrinter()
+    for i in range(max(1, args.repeat)):
+        try:
+            result = engine.run(graph, on_event=printer, cancel=CancelToken())
+        except ValidationFailed as exc:
+            print_problems(exc.problems)
+            return 1
+        except NodeFailed as exc:
+            printer.close()
+            print(f"error: {exc.error}", file=sys.stderr)
+            if args.debug:
+                print(exc.error.traceback, file=sys.stderr)
+            return 1
+        except RunCancelledError:
+            printer.close()
+            print("cancelled", file=sys.stderr)
+            return 130
+        printer.close()
+        print(f"run {i + 1}: {len(result.executed)} executed, {len(result.cached)} cached, "
+              f"{result.seconds:.2f} s")
+        for node_id, ui in result.ui.items():
+            for image in ui.get("images", []):
+                print(f"  {node_id}: saved {Path(runtime.output_dir) / image.get('subfolder', '') / image['filename']}")
+            if "text" in ui:
+                print(f"  {node_id}: {ui['text']}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    registry = load_registry(args.registry)
+    runtime = make_runtime(args, registry)
+    graph = apply_sets(load_graph(args.graph, registry), args.set)
+    problems = Engine(registry, runtime).validate(graph)
+    if problems:
+        print_problems(problems)
+        return 1
+    print(f"{args.graph}: valid ({len(graph.nodes)} nodes)")
+    return 0
+
+
+def cmd_nodes(args) -> int:
+    registry = load_registry(args.registry)
+    described = registry.describe()
+    if args.json:
+        print(json.dumps(described, indent=2, default=repr))
+        return 0
+    for name, d in described.items():
+        ins = ", ".join(f"{i['name']}:{i.get('socket') or i.get('type')}" for i in d["inputs"])
+        outs = ", ".join(f"{o['name']}:{o['socket']}" for o in d["outputs"])
+        flag = " [output]" if d["output_node"] else ""
+        print(f"{name}{flag} ({d['category']})\n    in:  {ins or '-'}\n    out: {outs or '-'}")
+    return 0
+
+
+def cmd_models_tiny(args) -> int:
+    from nodes.runtime import Runtime
+    from nodes.tiny_models import write_all
+
+    runtime = Runtime.create(models_dir=args.models_dir)
+    started = time.perf_counter()
+    written = write_all(runtime.models_dir)
+    for path in written:
+        print(path)
+    print(f"tiny models in {runtime.models_dir} ({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+def cmd_models_list(args) -> int:
+    from nodes.runtime import MODEL_KINDS, Runtime
+
+    runtime = Runtime.create(models_dir=args.models_dir)
+    for kind in MODEL_KINDS:
+        print(f"{kind}/")
+        for name in runtime.list_models(kind):
+            print(f"  {name}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from server import main as serve_main
+
+    return int(serve_main(args.rest) or 0)
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+def default_registry() -> Registry:
+    import nodes  # noqa: F401  (registers the node families)
+    from engine import REGISTRY
+
+    return REGISTRY
+
+
+def load_registry(spec: str | None) -> Registry:
+    if not spec:
+        return default_registry()
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CliError(f"cannot import registry module {module_name!r}: {exc}") from None
+    registry = getattr(module, attr or "REGISTRY", None)
+    if not isinstance(registry, Registry):
+        raise CliError(f"{spec!r} is not an engine.Registry")
+    return registry
+
+
+def make_runtime(args, registry: Registry) -> Any:
+    if registry is not default_registry():
+        return None
+    from nodes.runtime import Runtime
+
+    return Runtime.create(models_dir=getattr(args, "models_dir", None), output_dir=getattr(args, "output_dir", None),
+                          input_dir=getattr(args, "input_dir", None), device=getattr(args, "device", None),
+                          dtype=getattr(args, "dtype", None))
+
+
+def load_graph(path_text: str, registry: Registry) -> Graph:
+    path = Path(path_text)
+    if not path.exists():
+        raise CliError(f"no such graph file: {path}")
+    if path.suffix.lower() == ".png":
+        from nodes.image_io import graph_from_png
+
+        doc = graph_from_png(path)
+        if doc is None:
+            raise CliError(f"{path} carries no ipgraph graph in its metadata")
+    else:
+        try:
+            doc = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CliError(f"{path} is not valid JSON: {exc}") from None
+    if is_comfy_api(doc):
+        return from_comfy_api(doc, registry)
+    return Graph.from_dict(doc, registry)
+
+
+def apply_sets(graph: Graph, sets: list[str]) -> Graph:
+    for item in sets:
+        target, sep, raw = item.partition("=")
+        node_id, dot, input_name = target.partition(".")
+        if not sep or not dot or not node_id or not input_name:
+            raise CliError(f"--set expects NODE.INPUT=VALUE, got {item!r}")
+        if node_id not in graph.nodes:
+            raise CliError(f"--set {item!r}: the graph has no node {node_id!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        graph.set(node_id, input_name, value)
+    return graph
+
+
+def print_problems(problems) -> None:
+    print(f"the graph has {len(problems)} problem(s):", file=sys.stderr)
+    for p in problems:
+        print(f"  - {p}  [{p.type}]", file=sys.stderr)
+
+
+class ProgressPrinter:
+    """Subscribes to engine events: one line per node, a tqdm bar for nodes that report steps."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.types: dict[str, str] = {}
+
+    def __call__(self, event: events.Event) -> None:
+        if isinstance(event, events.NodeStarted):
+            self.close()
+            self.types[event.node_id] = event.node_type
+        elif isinstance(event, events.NodeProgress):
+            if self.bar is None:
+                from tqdm import tqdm
+
+                label = f"{event.node_id} ({self.types.get(event.node_id, '')})"
+                self.bar = tqdm(total=event.max, desc=label, leave=False, file=sys.stderr)
+            self.bar.n = event.value
+            self.bar.refresh()
+        elif isinstance(event, events.NodeFinished):
+            self.close()
+            print(f"  ran    {event.node_id} ({event.node_type}) {event.seconds:.2f} s", file=sys.stderr)
+        elif isinstance(event, events.NodeCached):
+            print(f"  cached {event.node_id} ({event.node_type})", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""ipgraph node families. Importing this package registers every node type into engine.REGISTRY."""

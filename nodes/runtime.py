@@ -1,0 +1,135 @@
+"""Where files are and what hardware to use: the resources object the engine hands to every node.
+
+Folders follow ComfyUI's layout (checkpoints/, vae/, clip_vision/, ipadapter/, controlnet/, embeds/). The models
+folder comes from ``--models-dir``, else ``$IPGRAPH_MODELS_DIR``, else ``./models``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+MODEL_KINDS = ("checkpoints", "vae", "clip_vision", "ipadapter", "controlnet", "embeds")
+MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".ipadpt")
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "graphs" / "assets"
+
+
+class ModelNotFound(FileNotFoundError):
+    pass
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """fp16 on CUDA (what SD checkpoints are made for), fp32 on CPU (fp16 matmuls are slow/unsupported)."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+@dataclass
+class Runtime:
+    models_dir: Path
+    output_dir: Path
+    input_dir: Path
+    device: torch.device
+    dtype: torch.dtype
+    max_pixels: int = 2048 * 2048  # larger images are refused before anything is allocated
+    allow_absolute_paths: bool = True  # the server turns this off: users may only read its input folder
+    memory_budget_bytes: int | None = None  # model manager budget on the device; None = automatic
+    extra: dict = field(default_factory=dict)
+    _models: object = None
+
+    @classmethod
+    def create(cls, models_dir=None, output_dir=None, input_dir=None, device=None, dtype=None,
+               **kwargs) -> Runtime:
+        models_dir = Path(models_dir or os.environ.get("IPGRAPH_MODELS_DIR") or "models").resolve()
+        output_dir = Path(output_dir or os.environ.get("IPGRAPH_OUTPUT_DIR") or "output").resolve()
+        input_dir = Path(input_dir or os.environ.get("IPGRAPH_INPUT_DIR") or "input").resolve()
+        device = torch.device(device or os.environ.get("IPGRAPH_DEVICE") or default_device())
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        dtype = dtype or default_dtype(device)
+        return cls(models_dir, output_dir, input_dir, device, dtype, **kwargs)
+
+    @property
+    def models(self):
+        """The model manager (created on first use so that validation alone never loads torch models)."""
+        if self._models is None:
+            from .manager import ModelManager
+
+            self._models = ModelManager(self.device, self.dtype, self.memory_budget_bytes)
+        return self._models
+
+    # -- model files ------------------------------------------------------------------------------
+    def model_folder(self, kind: str) -> Path:
+        if kind not in MODEL_KINDS:
+            raise ValueError(f"unknown model kind {kind!r}")
+        return self.models_dir / kind
+
+    def list_models(self, kind: str) -> list[str]:
+        """Names a user can pick: files with model suffixes and diffusers folders (model_index.json)."""
+        folder = self.model_folder(kind)
+        if not folder.is_dir():
+            return []
+        names = []
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder).as_posix()
+            if path.is_file() and path.suffix.lower() in MODEL_SUFFIXES and not _inside_diffusers_folder(path, folder):
+                names.append(rel)
+            elif path.is_dir() and ((path / "model_index.json").exists() or (path / "config.json").exists()):
+                if not _inside_diffusers_folder(path, folder):
+                    names.append(rel)
+        return names
+
+    def model_path(self, kind: str, name: str) -> Path:
+        """Resolve a model name inside its kind's folder; never outside it."""
+        folder = self.model_folder(kind).resolve()
+        path = (folder / name).resolve()
+        if folder not in path.parents and path != folder:
+            raise ModelNotFound(f"{name!r} is outside the {kind} folder")
+        if not path.exists():
+            available = self.list_models(kind)
+            listing = ", ".join(available[:20]) if available else "none"
+            raise ModelNotFound(f"no {kind} model named {name!r} in {folder} (available: {listing})")
+        return path
+
+    def image_path(self, name: str) -> Path:
+        """An input image: absolute (CLI only), in the input folder, or one of the bundled demo assets."""
+        candidate = Path(name)
+        if candidate.is_absolute():
+            if not self.allow_absolute_paths:
+                raise FileNotFoundError(f"absolute paths are not allowed here: {name!r}")
+            if candidate.exists():
+                return candidate
+            raise FileNotFoundError(f"no image file {name!r}")
+        for base in (self.input_dir, ASSETS_DIR):
+            path = (base / name).resolve()
+            if base.resolve() in path.parents and path.is_file():
+                return path
+        raise FileNotFoundError(f"no image {name!r} in {self.input_dir} or the bundled assets")
+
+
+def _inside_diffusers_folder(path: Path, root: Path) -> bool:
+    for parent in path.parents:
+        if parent == root:
+            return False
+        if (parent / "model_index.json").exists() or (parent / "config.json").exists():
+            return True
+    return False
+
+
+def file_fingerprint(path: Path) -> str:
+    """path + size + mtime: a changed file changes the cache key of whatever loaded it."""
+    if path.is_dir():
+        parts = []
+        for f in sorted(path.rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                parts.append(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}")
+        return f"{path}|" + ";".join(parts)
+    st = path.stat()
+    return f"{path}:{st.st_size}:{st.st_mtime_ns}"
