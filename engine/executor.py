@@ -82,8 +82,10 @@ class NodeContext:
     """Handed to every node function: progress, cancellation, UI payload, shared resources."""
 
     def __init__(self, run_id: str, node_id: str, node_type: str, resources: Any, emit: EventSink,
-                 cancel: CancelToken) -> None:
+                 cancel: CancelToken, graph: Graph | None = None, extra: dict | None = None) -> None:
         self.run_id = run_id
+        self.graph = graph  # the document being run (SaveImage embeds it in the PNG)
+        self.extra = extra or {}  # caller-supplied run data (e.g. the editor's workflow for PNG metadata)
         self.node_id = node_id
         self.node_type = node_type
         self.resources = resources
@@ -139,7 +141,7 @@ class Engine:
             nx.topological_sort(sub))
 
     def run(self, graph: Graph, outputs: list[str] | None = None, on_event: EventSink | None = None,
-            cancel: CancelToken | None = None, run_id: str | None = None) -> RunResult:
+            cancel: CancelToken | None = None, run_id: str | None = None, extra: dict | None = None) -> RunResult:
         run_id = run_id or uuid.uuid4().hex
         emit = on_event or (lambda event: None)
         cancel = cancel or CancelToken()
@@ -176,8 +178,8 @@ class Engine:
                     cached.append(node_id)
                     emit(ev.NodeCached(run_id, node_id, entry.type, hit.ui))
                     continue
-                outputs_value, ui, seconds = self._execute(run_id, node_id, node_type, entry.inputs, literals,
-                                                           values, keys, emit, cancel)
+                ctx = NodeContext(run_id, node_id, entry.type, self.resources, emit, cancel, graph, extra)
+                outputs_value, ui, seconds = self._execute(ctx, node_type, entry.inputs, literals, values)
                 values[node_id] = outputs_value
                 if ui is not None:
                     uis[node_id] = ui
@@ -218,7 +220,7 @@ class Engine:
         fingerprint = node_type.fingerprint(literals, self.resources) if node_type.fingerprint else None
         return node_key(node_type.type_name, node_type.version, literals, upstream, fingerprint)
 
-    def _execute(self, run_id, node_id, node_type: NodeType, inputs, literals, values, keys, emit, cancel):
+    def _execute(self, ctx: NodeContext, node_type: NodeType, inputs: dict, literals: dict, values: dict):
         kwargs = dict(literals)
         linked = {}
         for name, value in inputs.items():
@@ -226,8 +228,7 @@ class Engine:
                 linked[name] = value
                 kwargs[name] = getattr(values[value.node], value.output)
         snapshots = {name: tensors.versions(kwargs[name]) for name in linked}
-        emit(ev.NodeStarted(run_id, node_id, node_type.type_name))
-        ctx = NodeContext(run_id, node_id, node_type.type_name, self.resources, emit, cancel)
+        ctx._emit(ev.NodeStarted(ctx.run_id, ctx.node_id, node_type.type_name))
         started = time.perf_counter()
         try:
             inp = node_type.inputs_model.model_construct(**kwargs)
@@ -244,7 +245,7 @@ class Engine:
             raise
         except Exception as exc:
             raise NodeFailed(NodeError(
-                node_id=node_id,
+                node_id=ctx.node_id,
                 node_type=node_type.type_name,
                 exception_type=type(exc).__name__,
                 message=str(exc) or repr(exc),

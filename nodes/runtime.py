@@ -40,8 +40,13 @@ class Runtime:
     max_pixels: int = 2048 * 2048  # larger images are refused before anything is allocated
     allow_absolute_paths: bool = True  # the server turns this off: users may only read its input folder
     memory_budget_bytes: int | None = None  # model manager budget on the device; None = automatic
+    temp_dir: Path | None = None  # PreviewImage files (default: <output_dir>/../temp)
     extra: dict = field(default_factory=dict)
     _models: object = None
+
+    def __post_init__(self) -> None:
+        if self.temp_dir is None:
+            self.temp_dir = self.output_dir.parent / "temp"
 
     @classmethod
     def create(cls, models_dir=None, output_dir=None, input_dir=None, device=None, dtype=None,

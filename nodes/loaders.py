@@ -1,0 +1,75 @@
+"""LoadCheckpoint and LoadVAE: real checkpoint files (single-file original layout or diffusers folders)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine import NodeContext, NodeInputs, NodeOutputs, Output, node
+
+from .common import ModelName, model_file_check, model_file_fingerprint, runtime_of
+from .models.single_file import CheckpointError, inspect_checkpoint, load_checkpoint, load_vae
+from .runtime import ModelNotFound
+from .types import ClipHandle, ModelHandle, VaeHandle
+
+
+class LoadCheckpointIn(NodeInputs):
+    name: str = ModelName("checkpoints", "checkpoint file (.safetensors) or diffusers folder in models/checkpoints")
+
+
+class LoadCheckpointOut(NodeOutputs):
+    model: Any = Output("MODEL", description="the denoising UNet")
+    clip: Any = Output("CLIP", description="the text encoder(s)")
+    vae: Any = Output("VAE")
+
+
+def _checkpoint_check(literals: dict, runtime):
+    if runtime is None:
+        return
+    try:
+        path = runtime.model_path("checkpoints", literals["name"])
+    except ModelNotFound as exc:
+        yield "name", str(exc)
+        return
+    if path.is_file() and path.suffix.lower() == ".safetensors":
+        try:
+            info = inspect_checkpoint(path)
+        except CheckpointError as exc:
+            yield "name", str(exc)
+            return
+        if info.kind != "checkpoint":
+            yield "name", f"{path.name} holds only a VAE; load it with LoadVAE"
+
+
+@node("LoadCheckpoint", category="loaders", check=_checkpoint_check,
+      fingerprint=model_file_fingerprint("checkpoints"),
+      comfy_aliases={"CheckpointLoaderSimple": {"ckpt_name": "name"}})
+def load_checkpoint_node(inp: LoadCheckpointIn, ctx: NodeContext) -> LoadCheckpointOut:
+    """Load an SD1.5 or SDXL checkpoint; the architecture is detected from the weights."""
+    runtime = runtime_of(ctx)
+    path = runtime.model_path("checkpoints", inp.name)
+    ckpt = runtime.models.load(("checkpoint", str(path)),
+                               lambda: load_checkpoint(path, device="cpu", dtype=runtime.dtype))
+    return LoadCheckpointOut(
+        model=ModelHandle(ckpt.unet, ckpt.arch, dict(ckpt.scheduler_config), str(path)),
+        clip=ClipHandle(tuple(ckpt.text_encoders), tuple(ckpt.tokenizers), ckpt.arch, str(path)),
+        vae=VaeHandle(ckpt.vae, ckpt.arch, str(path)),
+    )
+
+
+class LoadVAEIn(NodeInputs):
+    name: str = ModelName("vae", "VAE file or folder in models/vae (e.g. sdxl-vae-fp16-fix)")
+
+
+class LoadVAEOut(NodeOutputs):
+    vae: Any = Output("VAE")
+
+
+@node("LoadVAE", category="loaders", check=model_file_check("vae"), fingerprint=model_file_fingerprint("vae"),
+      comfy_aliases={"VAELoader": {"vae_name": "name"}})
+def load_vae_node(inp: LoadVAEIn, ctx: NodeContext) -> LoadVAEOut:
+    """Load a standalone VAE to use instead of the checkpoint's own."""
+    runtime = runtime_of(ctx)
+    path = runtime.model_path("vae", inp.name)
+    vae = runtime.models.load(("vae", str(path)), lambda: load_vae(path, device="cpu", dtype=runtime.dtype))
+    arch = "sdxl" if abs(float(vae.config.scaling_factor) - 0.13025) < 1e-6 else "sd15"
+    return LoadVAEOut(vae=VaeHandle(vae, arch, str(path)))

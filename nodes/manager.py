@@ -1,0 +1,132 @@
+"""The model manager: every model file is loaded once per (file, dtype, device) and kept under a budget.
+
+Loaded models are shared read-only by every graph. On CUDA the manager keeps what sampling needs on the
+GPU and moves the least recently used models back to the CPU when the device budget would be exceeded; on
+the CPU nothing moves. Loading the same checkpoint twice in one process returns the same objects.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+def module_nbytes(obj: Any) -> int:
+    """Parameter + buffer bytes of a module, or of every module inside a tuple/dataclass of them."""
+    if isinstance(obj, torch.nn.Module):
+        return sum(t.numel() * t.element_size() for t in (*obj.parameters(), *obj.buffers()))
+    if isinstance(obj, (tuple, list)):
+        return sum(module_nbytes(o) for o in obj)
+    if hasattr(obj, "__dataclass_fields__"):
+        return sum(module_nbytes(getattr(obj, f)) for f in obj.__dataclass_fields__)
+    return 0
+
+
+def modules_of(obj: Any) -> list[torch.nn.Module]:
+    if isinstance(obj, torch.nn.Module):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [m for o in obj for m in modules_of(o)]
+    if hasattr(obj, "__dataclass_fields__"):
+        return [m for f in obj.__dataclass_fields__ for m in modules_of(getattr(obj, f))]
+    return []
+
+
+@dataclass
+class _Loaded:
+    value: Any
+    nbytes: int
+
+
+class ModelManager:
+    """Loads, shares and places models. ``budget_bytes`` bounds what is kept on the compute device."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, budget_bytes: int | None = None,
+                 max_loaded_bytes: int | None = None) -> None:
+        self.device = torch.device(device)
+        self.dtype = dtype
+        if budget_bytes is None and self.device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(self.device)
+            budget_bytes = int(free * 0.8)
+        self.budget_bytes = budget_bytes
+        self.max_loaded_bytes = max_loaded_bytes  # RAM bound on loaded files; None = unbounded
+        self._loaded: OrderedDict[tuple, _Loaded] = OrderedDict()
+        self._lock = threading.RLock()
+        self.loads = 0  # how many times a loader really ran (tests check the second load is free)
+
+    def load(self, key: tuple, loader: Callable[[], Any]) -> Any:
+        """Return the model for ``key`` (file, kind, ...), running ``loader`` only the first time."""
+        full_key = (*key, str(self.dtype), str(self.device))
+        with self._lock:
+            hit = self._loaded.get(full_key)
+            if hit is not None:
+                self._loaded.move_to_end(full_key)
+                return hit.value
+            value = loader()
+            self.loads += 1
+            entry = _Loaded(value, module_nbytes(value))
+            self._loaded[full_key] = entry
+            self._evict_loaded(keep=full_key)
+            return value
+
+    def _evict_loaded(self, keep: tuple) -> None:
+        if self.max_loaded_bytes is None:
+            return
+        while sum(e.nbytes for e in self._loaded.values()) > self.max_loaded_bytes and len(self._loaded) > 1:
+            oldest = next(k for k in self._loaded if k != keep)
+            del self._loaded[oldest]
+        gc.collect()
+
+    @contextmanager
+    def on_device(self, *objs: Any) -> Iterator[None]:
+        """Make sure the modules inside ``objs`` are on the compute device for the duration of the block."""
+        wanted = [m for o in objs for m in modules_of(o)]
+        if self.device.type != "cpu":
+            with self._lock:
+                need = sum(module_nbytes(m) for m in wanted if _device_of(m) != self.device)
+                self._make_room(need, wanted)
+                for m in wanted:
+                    if _device_of(m) != self.device:
+                        m.to(self.device)
+        yield
+
+    def _make_room(self, need: int, keep: list[torch.nn.Module]) -> None:
+        if self.budget_bytes is None:
+            return
+        keep_ids = {id(m) for m in keep}
+        on_device = [m for e in self._loaded.values() for m in modules_of(e.value)
+                     if _device_of(m) == self.device and id(m) not in keep_ids]
+        used = sum(module_nbytes(m) for m in on_device) + sum(
+            module_nbytes(m) for m in keep if _device_of(m) == self.device)
+        for m in on_device:  # least recently loaded first
+            if used + need <= self.budget_bytes:
+                break
+            m.to("cpu")
+            used -= module_nbytes(m)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"loaded": len(self._loaded), "bytes": sum(e.nbytes for e in self._loaded.values()),
+                    "loads": self.loads}
+
+    def clear(self) -> None:
+        with self._lock:
+            self._loaded.clear()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")

@@ -1,0 +1,50 @@
+"""The bundled tiny models: written on first use so the demo and the tests run anywhere, offline.
+
+They are random-weight models in the real architectures and file formats (see nodes/models/tiny.py and
+nodes/ipadapter/tiny.py), loaded through exactly the code path real files take.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from engine import Graph
+
+_lock = threading.Lock()
+
+
+def write_all(models_dir: Path) -> list[Path]:
+    """Write (or confirm) every tiny model; returns their paths."""
+    from .models.tiny import build_tiny, ensure_tiny_models
+
+    with _lock:
+        paths = list(ensure_tiny_models(models_dir).values())
+        try:
+            from .ipadapter.tiny import write_tiny_clip_vision, write_tiny_ipadapters
+        except ImportError:  # IP-Adapter support not present in this build
+            return paths
+        paths += list(write_tiny_clip_vision(models_dir).values())
+        unets = {"sd15": build_tiny("sd15")["unet"], "sdxl": build_tiny("sdxl")["unet"]}
+        paths += list(write_tiny_ipadapters(models_dir, unets).values())
+        try:
+            from .controlnet_tiny import write_tiny_controlnets
+        except ImportError:
+            return paths
+        paths += list(write_tiny_controlnets(models_dir).values())
+    return paths
+
+
+def ensure_for_graph(graph: Graph, runtime) -> None:
+    """Create the tiny models if the graph names one that is missing (the embedded default)."""
+    for entry in graph.nodes.values():
+        for value in entry.inputs.values():
+            if isinstance(value, str) and value.startswith("tiny-") and not _exists(runtime, value):
+                write_all(runtime.models_dir)
+                return
+
+
+def _exists(runtime, name: str) -> bool:
+    from .runtime import MODEL_KINDS
+
+    return any((runtime.models_dir / kind / name).exists() for kind in MODEL_KINDS)

@@ -1,0 +1,36 @@
+"""Shared fixtures: the tiny models (written once per test session) and a runtime/engine on them."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory):
+    """A models folder holding every tiny model, written by the project's own code (real formats)."""
+    from nodes.tiny_models import write_all
+
+    path = tmp_path_factory.mktemp("models")
+    write_all(path)
+    return path
+
+
+@pytest.fixture
+def runtime(models_dir, tmp_path):
+    from nodes.runtime import Runtime
+
+    return Runtime.create(models_dir=models_dir, output_dir=tmp_path / "output", input_dir=tmp_path / "input",
+                          device="cpu", dtype="float32")
+
+
+@pytest.fixture
+def engine(runtime):
+    import nodes  # noqa: F401
+    from engine import REGISTRY, Engine
+
+    return Engine(REGISTRY, runtime)
