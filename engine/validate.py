@@ -60,6 +60,8 @@ def validate(graph: Graph, resources: Any = None, outputs: list[str] | None = No
         for name, spec in node_type.inputs.items():
             value = entry.inputs.get(name)
             if name not in entry.inputs or value is None:
+                if not spec.required and not spec.socket:
+                    literals[name] = spec.default
                 if spec.required:
                     what = f"a link of type {spec.socket}" if spec.socket else "a value"
                     add(node_id, name, "missing_input", f"this input is required: give it {what}", entry.type)

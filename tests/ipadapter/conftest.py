@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny SD1.5/SDXL UNets (helper-1's build_tiny), tiny encoders and adapter files on disk."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from nodes.ipadapter.tiny import tiny_clip_vision, write_tiny_clip_vision, write_tiny_ipadapters
+
+
+@pytest.fixture(autouse=True, scope="package")
+def _one_thread():
+    """The machines are shared: one torch thread is faster here than several fighting for two cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def unets():
+    from nodes.models.tiny import build_tiny
+
+    return {"sd15": build_tiny("sd15")["unet"], "sdxl": build_tiny("sdxl")["unet"]}
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory, unets):
+    d = tmp_path_factory.mktemp("models")
+    paths = dict(write_tiny_clip_vision(d))
+    paths.update(write_tiny_ipadapters(d, unets))
+    return d, paths
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    return tiny_clip_vision()
+
+
+@pytest.fixture()
+def fresh_unet(unets):
+    """A private copy, for tests that load diffusers' own IP-Adapter machinery into it."""
+    return lambda arch: copy.deepcopy(unets[arch])
