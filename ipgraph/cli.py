@@ -14,8 +14,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine import (CancelToken, Engine, Graph, GraphFormatError, NodeFailed, Registry, RunCancelledError,
-                    ValidationFailed, events)
+from engine import (
+    CancelToken,
+    Engine,
+    Graph,
+    GraphFormatError,
+    NodeFailed,
+    Registry,
+    RunCancelledError,
+    ValidationFailed,
+    events,
+)
 from engine.comfy import from_comfy_api, is_comfy_api
 
 

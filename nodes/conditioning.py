@@ -57,7 +57,7 @@ def encode_text(clip: ClipHandle, text: str, device: torch.device) -> tuple[torc
             mask = (ids != tokenizer.pad_token_id).long()
         return encoder(ids, attention_mask=mask)[0], None
     hidden, pooled = [], None
-    for tokenizer, encoder in zip(clip.tokenizers, clip.text_encoders):
+    for tokenizer, encoder in zip(clip.tokenizers, clip.text_encoders, strict=True):
         out = encoder(_ids(tokenizer, text).to(device), output_hidden_states=True)
         if out[0].ndim == 2:
             pooled = out[0]

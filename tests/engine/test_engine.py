@@ -8,8 +8,16 @@ import threading
 import pytest
 import torch
 
-from engine import (CancelToken, Engine, Graph, GraphBuildError, NodeFailed, RunCancelledError,
-                    ValidationFailed, events)
+from engine import (
+    CancelToken,
+    Engine,
+    Graph,
+    GraphBuildError,
+    NodeFailed,
+    RunCancelledError,
+    ValidationFailed,
+    events,
+)
 from tests.fakes import nodes as fake
 
 

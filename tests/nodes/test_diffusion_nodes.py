@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import CancelToken, Engine, Graph, NodeFailed, RunCancelledError, ValidationFailed, events
+from engine import CancelToken, Engine, Graph, NodeFailed, RunCancelledError, events
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
