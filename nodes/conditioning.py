@@ -20,12 +20,6 @@ from .types import SDXL, ClipHandle, Conditioning
 class TextEncodeIn(NodeInputs):
     clip: Any = Socket("CLIP")
     text: str = Field("", description="the prompt", json_schema_extra={"multiline": True})
-    width: int = Field(0, ge=0, le=16384, description="SDXL original width (0 = the image's)")
-    height: int = Field(0, ge=0, le=16384, description="SDXL original height (0 = the image's)")
-    crop_w: int = Field(0, ge=0, le=16384, description="SDXL crop left")
-    crop_h: int = Field(0, ge=0, le=16384, description="SDXL crop top")
-    target_width: int = Field(0, ge=0, le=16384, description="SDXL target width (0 = the image's)")
-    target_height: int = Field(0, ge=0, le=16384, description="SDXL target height (0 = the image's)")
 
 
 class ConditioningOut(NodeOutputs):
@@ -34,16 +28,35 @@ class ConditioningOut(NodeOutputs):
 
 @node("CLIPTextEncode", category="conditioning")
 def clip_text_encode(inp: TextEncodeIn, ctx: NodeContext) -> ConditioningOut:
-    """Encode a prompt with the checkpoint's text encoder(s)."""
+    """Encode a prompt with the checkpoint's text encoder(s) (SDXL: size conditioning = the image size)."""
+    return ConditioningOut(conditioning=_encode(inp.clip, inp.text, ctx, None))
+
+
+class TextEncodeSDXLIn(TextEncodeIn):
+    width: int = Field(0, ge=0, le=16384, description="original width (0 = the image's)")
+    height: int = Field(0, ge=0, le=16384, description="original height (0 = the image's)")
+    crop_w: int = Field(0, ge=0, le=16384, description="crop left")
+    crop_h: int = Field(0, ge=0, le=16384, description="crop top")
+    target_width: int = Field(0, ge=0, le=16384, description="target width (0 = the image's)")
+    target_height: int = Field(0, ge=0, le=16384, description="target height (0 = the image's)")
+
+
+@node("CLIPTextEncodeSDXL", category="conditioning")
+def clip_text_encode_sdxl(inp: TextEncodeSDXLIn, ctx: NodeContext) -> ConditioningOut:
+    """Encode a prompt for SDXL with explicit size/crop conditioning (``add_time_ids``)."""
+    if inp.clip.arch != SDXL:
+        raise ValueError("input 'clip' is an SD1.5 text encoder; CLIPTextEncodeSDXL needs an SDXL checkpoint "
+                         "(use CLIPTextEncode)")
+    time_ids = torch.tensor([[inp.height, inp.width, inp.crop_h, inp.crop_w, inp.target_height, inp.target_width]],
+                            dtype=torch.float32)  # zero sizes are filled with the image size by KSampler
+    return ConditioningOut(conditioning=_encode(inp.clip, inp.text, ctx, time_ids))
+
+
+def _encode(clip: ClipHandle, text: str, ctx: NodeContext, time_ids: torch.Tensor | None) -> Conditioning:
     runtime = runtime_of(ctx)
-    with runtime.models.on_device(inp.clip.text_encoders):
-        embeds, pooled = encode_text(inp.clip, inp.text, runtime.device)
-    time_ids = None
-    if inp.clip.arch == SDXL and (inp.width or inp.height or inp.target_width or inp.target_height
-                                  or inp.crop_w or inp.crop_h):
-        time_ids = torch.tensor([[inp.height, inp.width, inp.crop_h, inp.crop_w, inp.target_height,
-                                  inp.target_width]], dtype=torch.float32)  # zeros are filled in by KSampler
-    return ConditioningOut(conditioning=Conditioning(embeds.cpu(), None if pooled is None else pooled.cpu(), time_ids))
+    with runtime.models.on_device(clip.text_encoders):
+        embeds, pooled = encode_text(clip, text, runtime.device)
+    return Conditioning(embeds.cpu(), None if pooled is None else pooled.cpu(), time_ids)
 
 
 @torch.no_grad()

@@ -165,3 +165,22 @@ def test_sdxl_img2img_matches_diffusers(engine):
                     num_inference_steps=10, guidance_scale=7.0, generator=torch.Generator("cpu").manual_seed(7),
                     output_type="latent").images
     assert max_diff(result.outputs["ks"].latent.samples, expected) <= TOL
+
+
+def test_sdxl_size_conditioning_matches_diffusers(engine):
+    g = Graph()
+    ck = g.add("LoadCheckpoint", id="ckpt", name="tiny-sdxl.safetensors")
+    sizes = dict(width=1024, height=768, crop_w=8, crop_h=16, target_width=64, target_height=96)
+    pos = g.add("CLIPTextEncodeSDXL", id="pos", clip=ck.clip, text=PROMPT, **sizes)
+    neg = g.add("CLIPTextEncodeSDXL", id="neg", clip=ck.clip, text=NEGATIVE, **sizes)
+    lat = g.add("EmptyLatentImage", id="lat", width=64, height=96)
+    g.add("KSampler", id="ks", model=ck.model, positive=pos.conditioning, negative=neg.conditioning,
+          latent_image=lat.latent, seed=7, steps=6, cfg=7.0)
+    result = engine.run(g, outputs=["ks"])
+    expected = sdxl_pipeline(result)(PROMPT, negative_prompt=NEGATIVE, height=96, width=64, num_inference_steps=6,
+                                     guidance_scale=7.0, original_size=(768, 1024), crops_coords_top_left=(16, 8),
+                                     target_size=(96, 64), generator=torch.Generator("cpu").manual_seed(7),
+                                     output_type="latent").images
+    assert max_diff(result.outputs["ks"].latent.samples, expected) <= TOL
+    plain = engine.run(txt2img_graph("tiny-sdxl.safetensors", width=64, height=96, steps=6)).outputs["ks"]
+    assert max_diff(plain.latent.samples, expected) > 1e-3  # the size conditioning does change the result
