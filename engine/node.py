@@ -198,8 +198,9 @@ class Registry:
 
     def comfy_class(self, class_type: str) -> tuple[NodeType, dict[str, str]] | None:
         """Resolve a ComfyUI class name: an ipgraph type name or a declared alias (with input renames)."""
-        if class_type in self._types:
-            return self._types[class_type], {}
+        if class_type in self._types:  # same name in both; its alias entry (if any) still renames inputs
+            nt = self._types[class_type]
+            return nt, nt.comfy_aliases.get(class_type, {})
         for nt in self._types.values():
             if class_type in nt.comfy_aliases:
                 return nt, nt.comfy_aliases[class_type]

@@ -1,3 +1,13 @@
 """ipgraph node families. Importing this package registers every node type into engine.REGISTRY."""
 
-from . import conditioning, image_io, latent, loaders, mask, sampling  # noqa: F401
+from . import (  # noqa: F401
+    clip_vision,
+    conditioning,
+    embeds,
+    image_io,
+    ipadapter_nodes,
+    latent,
+    loaders,
+    mask,
+    sampling,
+)

@@ -13,11 +13,14 @@ the UNet's state dict.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
 
 
 def mask_grid(latent_hw: tuple[int, int], tokens: int) -> tuple[int, int]:
@@ -90,6 +93,12 @@ class LayerTerm:
             return None
         key = (n, do_cfg, tokens, tuple(latent_hw))
         if key not in self._mask_cache:
+            if not self._mask_cache:  # first use in this run: say when the mask gets stretched
+                mh, mw = self.mask.shape[-2:]
+                lh, lw = latent_hw
+                if abs(mh / mw - lh / lw) > 0.01 * (lh / lw):
+                    log.info("IP-Adapter attn_mask is %dx%d (h x w) but the image is %dx%d latent pixels: the mask "
+                             "is resized to the image's aspect ratio, so it is stretched", mh, mw, lh, lw)
             gh, gw = mask_grid(latent_hw, tokens)
             m = F.interpolate(self.mask[:, None].float(), size=(gh, gw), mode=self.mask_interpolation)[:, 0]
             m = m.reshape(m.shape[0], -1)
