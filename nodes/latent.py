@@ -64,7 +64,8 @@ def vae_encode(vae: VaeHandle, images: torch.Tensor, device: torch.device) -> to
     """IMAGE [B,H,W,C] 0..1 → scaled latent mean (deterministic, as ComfyUI's VAEEncode)."""
     module = vae.vae
     x = images[..., :3].permute(0, 3, 1, 2).to(device=device, dtype=module.dtype) * 2.0 - 1.0
-    return module.encode(x).latent_dist.mode().float().cpu() * vae.scaling_factor
+    # contiguous: the permute above leaves channels-last memory, which changes float rounding downstream
+    return module.encode(x).latent_dist.mode().float().cpu().contiguous() * vae.scaling_factor
 
 
 @torch.no_grad()

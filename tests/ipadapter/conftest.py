@@ -5,18 +5,8 @@ from __future__ import annotations
 import copy
 
 import pytest
-import torch
 
 from nodes.ipadapter.tiny import tiny_clip_vision, write_tiny_clip_vision, write_tiny_ipadapters
-
-
-@pytest.fixture(autouse=True, scope="package")
-def _one_thread():
-    """The machines are shared: one torch thread is faster here than several fighting for two cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -19,14 +19,6 @@ from nodes.runtime import ASSETS_DIR
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Shared 2-core machines: one torch thread is faster than several fighting for the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 SD15 = "tiny-sd15.safetensors"
 ADAPTER = "tiny-ip-adapter_sd15.safetensors"
 PLUS = "tiny-ip-adapter-plus_sd15.safetensors"

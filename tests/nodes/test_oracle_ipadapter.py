@@ -28,13 +28,6 @@ CKPT = {"sd15": "tiny-sd15.safetensors", "sdxl": "tiny-sdxl.safetensors"}
 ENCODER = "tiny-clip-vision.safetensors"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def adapter_file(arch, variant):
     return f"tiny-ip-adapter{'-plus' if variant == 'plus' else ''}_{arch}.safetensors"
