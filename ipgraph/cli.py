@@ -33,6 +33,11 @@ class CliError(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:  # the server parses its own options (see `ipgraph serve --help`)
+        from server import main as serve_main
+
+        return int(serve_main(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -94,9 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--debug", action="store_true")
     lst.set_defaults(func=cmd_models_list)
 
-    serve = sub.add_parser("serve", help="run the HTTP/websocket server and the web editor")
-    serve.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the server (see --help)")
-    serve.set_defaults(func=cmd_serve, debug=False)
+    sub.add_parser("serve", help="run the HTTP/websocket server and the web editor (ipgraph serve --help)")
     return parser
 
 
@@ -187,12 +190,6 @@ def cmd_models_list(args) -> int:
         for name in runtime.list_models(kind):
             print(f"  {name}")
     return 0
-
-
-def cmd_serve(args) -> int:
-    from server import main as serve_main
-
-    return int(serve_main(args.rest) or 0)
 
 
 # -- helpers ------------------------------------------------------------------------------------------

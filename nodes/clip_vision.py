@@ -17,9 +17,8 @@ from pydantic import Field
 
 from engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
 
-from .common import ModelName, model_file_fingerprint, runtime_of
+from .common import ModelName, model_file_check, model_file_fingerprint, runtime_of
 from .ipadapter import EncoderInfo, describe_encoder, encode, load_clip_vision, preprocess
-from .runtime import ModelNotFound
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,19 +72,12 @@ class CLIPVisionLoaderOut(NodeOutputs):
     clip_vision: Any = Output("CLIP_VISION")
 
 
-def _clip_vision_check(literals: dict, runtime):
-    if runtime is None:
-        return
-    try:
-        path = runtime.model_path("clip_vision", literals["name"])
-    except ModelNotFound as exc:
-        yield "name", str(exc)
-        return
+def _inspect_clip_vision(path: Path):
     if path.is_file() and path.suffix.lower() != ".safetensors":
-        yield "name", f"{path.name}: CLIP vision encoders are read from .safetensors files or diffusers folders"
+        yield f"{path.name}: CLIP vision encoders are read from .safetensors files or diffusers folders"
 
 
-@node("CLIPVisionLoader", category="loaders", check=_clip_vision_check,
+@node("CLIPVisionLoader", category="loaders", check=model_file_check("clip_vision", _inspect_clip_vision),
       fingerprint=model_file_fingerprint("clip_vision"),
       comfy_aliases={"CLIPVisionLoader": {"clip_name": "name"}})
 def clip_vision_loader(inp: CLIPVisionLoaderIn, ctx: NodeContext) -> CLIPVisionLoaderOut:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
@@ -14,16 +16,20 @@ def ModelName(kind: str, description: str) -> Any:  # noqa: N802
     return Field(..., min_length=1, description=description, json_schema_extra={"model_kind": kind})
 
 
-def model_file_check(kind: str, field: str = "name"):
-    """A validation hook: the named model file must exist (the message lists what is available)."""
+def model_file_check(kind: str, inspect: Callable[[Path], Iterable[str]] | None = None, field: str = "name"):
+    """A validation hook: the named model file must exist (the message lists what is available), and
+    ``inspect(path)`` (a cheap header read) may add sentences saying why the file cannot serve."""
 
     def check(literals: dict, runtime: Runtime | None):
         if runtime is None:
             return
         try:
-            runtime.model_path(kind, literals[field])
+            path = runtime.model_path(kind, literals[field])
         except ModelNotFound as exc:
             yield field, str(exc)
+            return
+        for sentence in inspect(path) if inspect else ():
+            yield field, sentence
 
     return check
 
@@ -38,18 +44,6 @@ def model_file_fingerprint(kind: str, field: str = "name"):
             return "missing"
 
     return fingerprint
-
-
-def image_file_check(field: str):
-    def check(literals: dict, runtime: Runtime | None):
-        if runtime is None:
-            return
-        try:
-            runtime.image_path(literals[field])
-        except FileNotFoundError as exc:
-            yield field, str(exc)
-
-    return check
 
 
 def image_file_fingerprint(field: str):

@@ -30,9 +30,8 @@ from pydantic import Field
 
 from engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
 
-from .common import ModelName, model_file_fingerprint, runtime_of
+from .common import ModelName, model_file_check, model_file_fingerprint, runtime_of
 from .models.single_file import CheckpointError, _header, _instantiate, _read_tensors, unet_to_original
-from .runtime import ModelNotFound
 from .types import SD15, SDXL, Conditioning, SamplingState
 
 PREFIX = "control_model."  # original (lllyasviel / ldm) layout
@@ -228,27 +227,20 @@ class ControlNetLoaderOut(NodeOutputs):
     control_net: Any = Output("CONTROL_NET")
 
 
-def _loader_check(literals: dict, runtime):
-    if runtime is None:
-        return
-    try:
-        path = runtime.model_path("controlnet", literals["name"])
-    except ModelNotFound as exc:
-        yield "name", str(exc)
-        return
+def _inspect_controlnet(path: Path):
     if path.is_file() and path.suffix.lower() == ".safetensors":
         try:
             shapes, _ = _header(path)
         except CheckpointError as exc:
-            yield "name", str(exc)
+            yield str(exc)
             return
         if not is_controlnet_keys(shapes):
-            yield "name", f"{path.name} is not a ControlNet (no hint encoder weights)"
+            yield f"{path.name} is not a ControlNet (no hint encoder weights)"
     elif path.is_dir() and not (path / "config.json").exists():
-        yield "name", f"{path.name} is not a diffusers ControlNet folder (no config.json)"
+        yield f"{path.name} is not a diffusers ControlNet folder (no config.json)"
 
 
-@node("ControlNetLoader", category="loaders", check=_loader_check, fingerprint=model_file_fingerprint("controlnet"),
+@node("ControlNetLoader", category="loaders", check=model_file_check("controlnet", _inspect_controlnet), fingerprint=model_file_fingerprint("controlnet"),
       comfy_aliases={"ControlNetLoader": {"control_net_name": "name"}})
 def controlnet_loader(inp: ControlNetLoaderIn, ctx: NodeContext) -> ControlNetLoaderOut:
     """Load an SD1.5 or SDXL ControlNet; the architecture is detected from the weights."""

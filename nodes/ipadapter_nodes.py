@@ -27,7 +27,7 @@ from pydantic import Field
 from engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
 
 from .clip_vision import ClipVision, ClipVisionOutput
-from .common import ModelName, model_file_fingerprint, runtime_of
+from .common import ModelName, model_file_check, model_file_fingerprint, runtime_of
 from .embeds import ImageEmbeds, _fit, default_negative, embeds_mismatch, encode_for, encoder_mismatch
 from .ipadapter import (
     IPAdapterFileError,
@@ -41,7 +41,6 @@ from .ipadapter import (
     layer_weights,
     load_ipadapter,
 )
-from .runtime import ModelNotFound
 from .types import ModelHandle
 
 WeightType = Literal["linear", "ease in", "ease out", "ease in-out", "reverse in-out", "weak input", "weak output",
@@ -62,21 +61,14 @@ class IPAdapterModelLoaderOut(NodeOutputs):
     ipadapter: Any = Output("IPADAPTER")
 
 
-def _loader_check(literals: dict, runtime):
-    if runtime is None:
-        return
-    try:
-        path = runtime.model_path("ipadapter", literals["name"])
-    except ModelNotFound as exc:
-        yield "name", str(exc)
-        return
+def _inspect_adapter(path: Path):
     try:
         inspect_ipadapter(path)
     except IPAdapterFileError as exc:
-        yield "name", str(exc)
+        yield str(exc)
 
 
-@node("IPAdapterModelLoader", category="loaders", check=_loader_check,
+@node("IPAdapterModelLoader", category="loaders", check=model_file_check("ipadapter", _inspect_adapter),
       fingerprint=model_file_fingerprint("ipadapter"),
       comfy_aliases={"IPAdapterModelLoader": {"ipadapter_file": "name"}})
 def ipadapter_model_loader(inp: IPAdapterModelLoaderIn, ctx: NodeContext) -> IPAdapterModelLoaderOut:

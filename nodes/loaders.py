@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from engine import NodeContext, NodeInputs, NodeOutputs, Output, node
 
 from .common import ModelName, model_file_check, model_file_fingerprint, runtime_of
 from .models.single_file import CheckpointError, inspect_checkpoint, load_checkpoint, load_vae
-from .runtime import ModelNotFound
 from .types import ClipHandle, ModelHandle, VaeHandle
 
 
@@ -22,25 +22,18 @@ class LoadCheckpointOut(NodeOutputs):
     vae: Any = Output("VAE")
 
 
-def _checkpoint_check(literals: dict, runtime):
-    if runtime is None:
-        return
-    try:
-        path = runtime.model_path("checkpoints", literals["name"])
-    except ModelNotFound as exc:
-        yield "name", str(exc)
-        return
+def _inspect_checkpoint(path: Path):
     if path.is_file() and path.suffix.lower() == ".safetensors":
         try:
             info = inspect_checkpoint(path)
         except CheckpointError as exc:
-            yield "name", str(exc)
+            yield str(exc)
             return
         if info.kind != "checkpoint":
-            yield "name", f"{path.name} holds only a VAE; load it with LoadVAE"
+            yield f"{path.name} holds only a VAE; load it with LoadVAE"
 
 
-@node("LoadCheckpoint", category="loaders", check=_checkpoint_check,
+@node("LoadCheckpoint", category="loaders", check=model_file_check("checkpoints", _inspect_checkpoint),
       fingerprint=model_file_fingerprint("checkpoints"),
       comfy_aliases={"CheckpointLoaderSimple": {"ckpt_name": "name"}})
 def load_checkpoint_node(inp: LoadCheckpointIn, ctx: NodeContext) -> LoadCheckpointOut:

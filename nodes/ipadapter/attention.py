@@ -74,9 +74,10 @@ class LayerTerm:
     _kv_cache: dict = field(default_factory=dict)
     _mask_cache: dict = field(default_factory=dict)
 
-    def kv(self, n: int, do_cfg: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """K, V laid out like the UNet batch: ``[uncond × n/2, cond × n/2]`` with CFG, else cond × n."""
-        key = (n, do_cfg)
+    def kv(self, n: int, do_cfg: bool, heads: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """K, V laid out like the UNet batch (``[uncond × n/2, cond × n/2]`` with CFG, else cond × n) and
+        split into heads, ``[n, heads, N, C/heads]``; built once per run and reused at every step."""
+        key = (n, do_cfg, heads, dtype)
         if key not in self._kv_cache:
             if do_cfg:
                 half = n // 2
@@ -84,7 +85,9 @@ class LayerTerm:
                 v = torch.cat([_fit(self.v_uncond, half), _fit(self.v_cond, half)], 0)
             else:
                 k, v = _fit(self.k_cond, n), _fit(self.v_cond, n)
-            self._kv_cache[key] = (k.contiguous(), v.contiguous())
+            head_dim = k.shape[-1] // heads
+            self._kv_cache[key] = tuple(t.contiguous().to(dtype).view(n, -1, heads, head_dim).transpose(1, 2)
+                                        for t in (k, v))
         return self._kv_cache[key]
 
     def mask_for(self, n: int, do_cfg: bool, tokens: int, latent_hw: tuple[int, int]) -> torch.Tensor | None:
@@ -171,9 +174,7 @@ class DecoupledAttnProcessor:
         # --- image terms: one SDPA per adapter, same heads, no attention mask ---
         tokens = hidden_states.shape[1]
         for term in acting:
-            ip_k, ip_v = term.kv(batch_size, state.do_cfg)
-            ip_k = ip_k.to(query.dtype).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-            ip_v = ip_v.to(query.dtype).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            ip_k, ip_v = term.kv(batch_size, state.do_cfg, attn.heads, query.dtype)
             ip = F.scaled_dot_product_attention(
                 query, ip_k, ip_v, attn_mask=None, dropout_p=0.0, is_causal=False
             )

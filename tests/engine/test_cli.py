@@ -53,3 +53,8 @@ def test_nodes_listing():
     assert r.returncode == 0 and "Sink [output] (test)" in r.stdout
     r = ipgraph("nodes", "--json", *REG)
     assert json.loads(r.stdout)["Const"]["inputs"][0]["name"] == "value"
+
+
+def test_serve_takes_its_own_options():
+    r = ipgraph("serve", "--help")
+    assert r.returncode == 0 and "--port" in r.stdout and "--data-dir" in r.stdout
