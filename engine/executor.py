@@ -137,8 +137,7 @@ class Engine:
         for target in targets:
             needed |= nx.ancestors(dag, target)
         sub = dag.subgraph(needed)
-        return list(nx.lexicographical_topological_sort(sub)) if len(needed) < 200 else list(
-            nx.topological_sort(sub))
+        return list(nx.lexicographical_topological_sort(sub))  # deterministic: same graph, same order
 
     def run(self, graph: Graph, outputs: list[str] | None = None, on_event: EventSink | None = None,
             cancel: CancelToken | None = None, run_id: str | None = None, extra: dict | None = None) -> RunResult:
