@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from engine import NodeContext, NodeInputs, NodeOutputs, Output, node
 
 from .common import ModelName, model_file_check, model_file_fingerprint, runtime_of
@@ -40,8 +42,12 @@ def load_checkpoint_node(inp: LoadCheckpointIn, ctx: NodeContext) -> LoadCheckpo
     """Load an SD1.5 or SDXL checkpoint; the architecture is detected from the weights."""
     runtime = runtime_of(ctx)
     path = runtime.model_path("checkpoints", inp.name)
-    ckpt = runtime.models.load(("checkpoint", str(path)),
-                               lambda: load_checkpoint(path, device="cpu", dtype=runtime.dtype))
+    def load():
+        ckpt = load_checkpoint(path, device="cpu", dtype=runtime.dtype)
+        upcast_sdxl_vae(ckpt.vae, ckpt.arch)
+        return ckpt
+
+    ckpt = runtime.models.load(("checkpoint", str(path)), load)
     return LoadCheckpointOut(
         model=ModelHandle(ckpt.unet, ckpt.arch, dict(ckpt.scheduler_config), str(path)),
         clip=ClipHandle(tuple(ckpt.text_encoders), tuple(ckpt.tokenizers), ckpt.arch, str(path)),
@@ -63,6 +69,22 @@ def load_vae_node(inp: LoadVAEIn, ctx: NodeContext) -> LoadVAEOut:
     """Load a standalone VAE to use instead of the checkpoint's own."""
     runtime = runtime_of(ctx)
     path = runtime.model_path("vae", inp.name)
-    vae = runtime.models.load(("vae", str(path)), lambda: load_vae(path, device="cpu", dtype=runtime.dtype))
-    arch = "sdxl" if abs(float(vae.config.scaling_factor) - 0.13025) < 1e-6 else "sd15"
-    return LoadVAEOut(vae=VaeHandle(vae, arch, str(path)))
+    def load():
+        vae = load_vae(path, device="cpu", dtype=runtime.dtype)
+        upcast_sdxl_vae(vae, _vae_arch(vae))
+        return vae
+
+    vae = runtime.models.load(("vae", str(path)), load)
+    return LoadVAEOut(vae=VaeHandle(vae, _vae_arch(vae), str(path)))
+
+
+def _vae_arch(vae) -> str:
+    return "sdxl" if abs(float(vae.config.scaling_factor) - 0.13025) < 1e-6 else "sd15"
+
+
+def upcast_sdxl_vae(vae, arch: str) -> None:
+    """The SDXL VAE overflows in fp16 (black/NaN images): keep it in fp32 unless its config says it is safe
+    (``force_upcast: false``, as sdxl-vae-fp16-fix ships). Done once, at load, before the model is shared; the
+    VAE nodes cast their inputs to the VAE's own dtype."""
+    if arch == "sdxl" and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", True):
+        vae.to(torch.float32)

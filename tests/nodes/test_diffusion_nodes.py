@@ -191,3 +191,18 @@ def test_every_bundled_graph_validates_and_runs(engine, runtime, name):
     saved = [i for ui in r.ui.values() for i in ui.get("images", [])]
     assert saved and all((runtime.output_dir / i["subfolder"] / i["filename"]).exists() for i in saved
                          if i["type"] == "output")
+
+
+def test_sdxl_vae_stays_fp32_when_models_run_in_fp16(models_dir, tmp_path):
+    """fp16 runtimes (CUDA) keep the SDXL VAE in fp32, as diffusers' force_upcast does; the UNet is fp16."""
+    import nodes  # noqa: F401
+    from engine import REGISTRY
+    from nodes.runtime import Runtime
+
+    runtime = Runtime.create(models_dir=models_dir, output_dir=tmp_path, device="cpu", dtype="float16")
+    g = Graph()
+    g.add("LoadCheckpoint", id="xl", name="tiny-sdxl.safetensors")
+    g.add("LoadCheckpoint", id="sd", name="tiny-sd15.safetensors")
+    r = Engine(REGISTRY, runtime).run(g, outputs=["xl", "sd"])
+    assert r.outputs["xl"].vae.vae.dtype == torch.float32 and r.outputs["xl"].model.unet.dtype == torch.float16
+    assert r.outputs["sd"].vae.vae.dtype == torch.float16
