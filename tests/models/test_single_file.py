@@ -1,6 +1,5 @@
 import pickle
 import shutil
-import time
 
 import pytest
 import torch
@@ -318,32 +317,17 @@ def test_written_bytes_are_deterministic_and_writes_idempotent(tiny_models, tmp_
 
 
 @pytest.mark.slow
-def test_tiny_sd15_generation_time():
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
+def test_tiny_sd15_runs_deterministically_in_a_diffusers_pipeline():
+    """The tiny parts form a working diffusers pipeline (speed is measured in bench/, not asserted here)."""
+    from nodes.models.tiny import _pipeline
 
-    parts = build_tiny("sd15")
-    pipe = StableDiffusionPipeline(
-        vae=parts["vae"],
-        text_encoder=parts["text_encoder"],
-        tokenizer=parts["tokenizer"],
-        unet=parts["unet"],
-        scheduler=PNDMScheduler.from_config(parts["scheduler_config"]),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = _pipeline("sd15", build_tiny("sd15"))
     pipe.set_progress_bar_config(disable=True)
 
     def run():
         generator = torch.Generator().manual_seed(0)
-        return pipe(
-            "a cat", num_inference_steps=20, height=64, width=64, output_type="pt", generator=generator
-        ).images
+        return pipe("a cat", num_inference_steps=20, height=64, width=64, output_type="pt",
+                    generator=generator).images
 
     first = run()
-    start = time.perf_counter()
-    second = run()
-    elapsed = time.perf_counter() - start
-    print(f"tiny SD1.5, 20 steps, 64 px, CPU: {elapsed:.3f} s")
-    assert first.shape == (1, 3, 64, 64) and torch.equal(first, second)
-    assert elapsed < 5
+    assert first.shape == (1, 3, 64, 64) and torch.equal(first, run())

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import EulerDiscreteScheduler, StableDiffusionControlNetPipeline, StableDiffusionInpaintPipeline
+from diffusers import (
+    EulerDiscreteScheduler,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionInpaintPipeline,
+)
 from transformers import CLIPImageProcessor
 
 from nodes.controlnet import load_controlnet
