@@ -42,6 +42,7 @@ def load_checkpoint_node(inp: LoadCheckpointIn, ctx: NodeContext) -> LoadCheckpo
     """Load an SD1.5 or SDXL checkpoint; the architecture is detected from the weights."""
     runtime = runtime_of(ctx)
     path = runtime.model_path("checkpoints", inp.name)
+
     def load():
         ckpt = load_checkpoint(path, device="cpu", dtype=runtime.dtype)
         upcast_sdxl_vae(ckpt.vae, ckpt.arch)
@@ -69,6 +70,7 @@ def load_vae_node(inp: LoadVAEIn, ctx: NodeContext) -> LoadVAEOut:
     """Load a standalone VAE to use instead of the checkpoint's own."""
     runtime = runtime_of(ctx)
     path = runtime.model_path("vae", inp.name)
+
     def load():
         vae = load_vae(path, device="cpu", dtype=runtime.dtype)
         upcast_sdxl_vae(vae, _vae_arch(vae))
