@@ -28,9 +28,10 @@ PROMPT, NEGATIVE = "a cozy cottage by a tree, photo", "blurry"
 
 def prepare(models_dir: Path, config: str) -> tuple[str, str, int]:
     """Write the models the config needs; returns (checkpoint name, ControlNet name, image size)."""
-    from nodes.controlnet import save_controlnet
-    from nodes.models.tiny import _atomic_write, build_tiny, write_tiny_models
-    from nodes.tiny_models import write_all
+    from ipgraph.nodes.controlnet.model import save_controlnet
+    from ipgraph.nodes.tiny import write_all
+    from ipgraph.nodes.tiny.common import atomic_write
+    from ipgraph.nodes.tiny.sd import build_tiny, write_tiny_models
 
     if config == "tiny":
         write_all(models_dir)
@@ -43,12 +44,12 @@ def prepare(models_dir: Path, config: str) -> tuple[str, str, int]:
         target.parent.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(0)
         net = ControlNetModel.from_unet(build_tiny("sd15-mid")["unet"])
-        _atomic_write(target, lambda tmp: save_controlnet(tmp, net))
+        atomic_write(target, lambda tmp: save_controlnet(tmp, net))
     return "mid-sd15.safetensors", target.name, 512
 
 
 def graph(ckpt: str, cn: str, size: int, steps: int, seed: int):
-    from engine import Graph
+    from ipgraph.engine import Graph
 
     g = Graph()
     ck = g.add("LoadCheckpoint", id="ckpt", name=ckpt)
@@ -79,9 +80,9 @@ def main() -> None:
 
     from diffusers import EulerDiscreteScheduler, StableDiffusionControlNetPipeline
 
-    import nodes  # noqa: F401
-    from engine import REGISTRY, Engine
-    from nodes.runtime import Runtime
+    import ipgraph.nodes  # noqa: F401
+    from ipgraph.engine import REGISTRY, Engine
+    from ipgraph.nodes.core.runtime import Runtime
 
     models_dir = args.models_dir or Path(tempfile.mkdtemp(prefix="ipgraph-bench-"))
     ckpt, cn, size = prepare(models_dir, args.config)

@@ -12,7 +12,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import Engine, Graph, NodeContext, NodeInputs, NodeOutputs, Output, Registry, Socket  # noqa: E402
+from ipgraph.engine import Engine, Graph, NodeContext, NodeInputs, NodeOutputs, Output, Registry, Socket  # noqa: E402
 
 REG = Registry()
 

@@ -28,7 +28,7 @@ REFERENCE = "ipa_bear_ref.png"
 
 
 def graph(seed: int, adapter: str | None):
-    from engine import Graph
+    from ipgraph.engine import Graph
 
     g = Graph()
     ck = g.add("LoadCheckpoint", id="ckpt", name="tiny-sd15.safetensors")
@@ -52,8 +52,8 @@ def diffusers_pipeline(models_dir: Path, adapter: str):
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
     from transformers import CLIPImageProcessor
 
-    from nodes.ipadapter import load_clip_vision
-    from nodes.models.single_file import load_checkpoint
+    from ipgraph.nodes.ipadapter import load_clip_vision
+    from ipgraph.nodes.models.single_file import load_checkpoint
 
     ck = load_checkpoint(models_dir / "checkpoints" / "tiny-sd15.safetensors")
     pipe = StableDiffusionPipeline(
@@ -97,10 +97,10 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    import nodes  # noqa: F401
-    from engine import REGISTRY, Engine
-    from nodes.runtime import ASSETS_DIR, Runtime
-    from nodes.tiny_models import write_all
+    import ipgraph.nodes  # noqa: F401
+    from ipgraph.engine import REGISTRY, Engine
+    from ipgraph.nodes.core.runtime import ASSETS_DIR, Runtime
+    from ipgraph.nodes.tiny import write_all
 
     torch.set_num_threads(args.threads)
     if not (models_dir / "ipadapter" / "tiny-ip-adapter_sd15.safetensors").exists():

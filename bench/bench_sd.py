@@ -27,7 +27,7 @@ FILES = {"tiny": "tiny-sd15.safetensors", "mid": "mid-sd15.safetensors"}
 
 
 def graph(ckpt: str, seed: int, size: int):
-    from engine import Graph
+    from ipgraph.engine import Graph
 
     g = Graph()
     ck = g.add("LoadCheckpoint", id="ckpt", name=ckpt)
@@ -43,9 +43,9 @@ def graph(ckpt: str, seed: int, size: int):
 def setup(models_dir: Path):
     import torch
 
-    import nodes  # noqa: F401
-    from engine import REGISTRY, Engine
-    from nodes.runtime import Runtime
+    import ipgraph.nodes  # noqa: F401
+    from ipgraph.engine import REGISTRY, Engine
+    from ipgraph.nodes.core.runtime import Runtime
 
     torch.set_num_threads(2)
     runtime = Runtime.create(models_dir=models_dir, output_dir=models_dir.parent / "bench-output", device="cpu",
@@ -132,7 +132,7 @@ def main() -> None:
     if args.rss_child:
         rss_child(models_dir, *args.rss_child)
         return
-    from nodes.models.tiny import ensure_tiny_models
+    from ipgraph.nodes.tiny.sd import ensure_tiny_models
 
     ensure_tiny_models(models_dir, include_mid=args.model != "tiny")
     for kind in (["tiny", "mid"] if args.model == "both" else [args.model]):

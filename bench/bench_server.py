@@ -73,11 +73,11 @@ def main(argv=None) -> int:
 
     import httpx
 
-    import nodes  # noqa: F401
-    from engine import REGISTRY, Engine, Graph
-    from engine.comfy import to_comfy_api
-    from nodes.runtime import Runtime
-    from nodes.tiny_models import write_all
+    import ipgraph.nodes  # noqa: F401
+    from ipgraph.engine import REGISTRY, Engine, Graph
+    from ipgraph.engine.comfy import to_comfy_api
+    from ipgraph.nodes.core.runtime import Runtime
+    from ipgraph.nodes.tiny import write_all
 
     tmp = Path(tempfile.mkdtemp(prefix="ipgraph-bench-"))
     models = tmp / "models"

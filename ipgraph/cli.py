@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine import (
+from ipgraph.engine import (
     CancelToken,
     Engine,
     Graph,
@@ -25,7 +25,7 @@ from engine import (
     ValidationFailed,
     events,
 )
-from engine.comfy import from_comfy_api, is_comfy_api
+from ipgraph.engine.comfy import from_comfy_api, is_comfy_api
 
 
 class CliError(Exception):
@@ -35,7 +35,7 @@ class CliError(Exception):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["serve"]:  # the server parses its own options (see `ipgraph serve --help`)
-        from server import main as serve_main
+        from ipgraph.server import main as serve_main
 
         return int(serve_main(argv[1:]) or 0)
     parser = build_parser()
@@ -110,7 +110,7 @@ def cmd_run(args) -> int:
     runtime = make_runtime(args, registry)
     graph = apply_sets(load_graph(args.graph, registry), args.set)
     if registry is default_registry():
-        from nodes.tiny_models import ensure_for_graph
+        from ipgraph.nodes.tiny import ensure_for_graph
 
         ensure_for_graph(graph, runtime)
     engine = Engine(registry, runtime)
@@ -169,8 +169,8 @@ def cmd_nodes(args) -> int:
 
 
 def cmd_models_tiny(args) -> int:
-    from nodes.runtime import Runtime
-    from nodes.tiny_models import write_all
+    from ipgraph.nodes.core.runtime import Runtime
+    from ipgraph.nodes.tiny import write_all
 
     runtime = Runtime.create(models_dir=args.models_dir)
     started = time.perf_counter()
@@ -182,7 +182,7 @@ def cmd_models_tiny(args) -> int:
 
 
 def cmd_models_list(args) -> int:
-    from nodes.runtime import MODEL_KINDS, Runtime
+    from ipgraph.nodes.core.runtime import MODEL_KINDS, Runtime
 
     runtime = Runtime.create(models_dir=args.models_dir)
     for kind in MODEL_KINDS:
@@ -195,8 +195,8 @@ def cmd_models_list(args) -> int:
 # -- helpers ------------------------------------------------------------------------------------------
 
 def default_registry() -> Registry:
-    import nodes  # noqa: F401  (registers the node families)
-    from engine import REGISTRY
+    import ipgraph.nodes  # noqa: F401  (registers the node families)
+    from ipgraph.engine import REGISTRY
 
     return REGISTRY
 
@@ -218,7 +218,7 @@ def load_registry(spec: str | None) -> Registry:
 def make_runtime(args, registry: Registry) -> Any:
     if registry is not default_registry():
         return None
-    from nodes.runtime import Runtime
+    from ipgraph.nodes.core.runtime import Runtime
 
     return Runtime.create(models_dir=getattr(args, "models_dir", None), output_dir=getattr(args, "output_dir", None),
                           input_dir=getattr(args, "input_dir", None), device=getattr(args, "device", None),
@@ -230,7 +230,7 @@ def load_graph(path_text: str, registry: Registry) -> Graph:
     if not path.exists():
         raise CliError(f"no such graph file: {path}")
     if path.suffix.lower() == ".png":
-        from nodes.image_io import graph_from_png
+        from ipgraph.nodes.image.image_io import graph_from_png
 
         doc = graph_from_png(path)
         if doc is None:

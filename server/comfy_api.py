@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine import GraphProblem, NodeType, Registry
-from engine.graph import Graph, is_link
-from engine.validate import graph_dag, output_nodes
+from ipgraph.engine import GraphProblem, NodeType, Registry
+from ipgraph.engine.graph import Graph, is_link
+from ipgraph.engine.validate import graph_dag, output_nodes
 
 from .files import list_images
 

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from engine import Graph
+from ipgraph.engine import Graph
 
 from . import files
 from .workflows import bundled_graphs, to_ui_workflow
 
 if TYPE_CHECKING:
-    from .app import State
+    from .state import State
 
 MAX_USERDATA_BYTES = 16 * 1024 * 1024
 

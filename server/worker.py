@@ -15,8 +15,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from engine import CancelToken, Engine, Graph, NodeFailed, RunCancelledError, ValidationFailed
-from engine import events as ev
+from ipgraph.engine import CancelToken, Engine, Graph, NodeFailed, RunCancelledError, ValidationFailed
+from ipgraph.engine import events as ev
 
 from .hub import Hub, encode_preview
 from .store import CANCELLED, COMPLETED, FAILED, Job, JobStore

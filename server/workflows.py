@@ -16,9 +16,9 @@ from typing import Any
 
 import networkx as nx
 
-from engine import Graph, Registry
-from engine.graph import is_link
-from engine.validate import graph_dag
+from ipgraph.engine import Graph, Registry
+from ipgraph.engine.graph import is_link
+from ipgraph.engine.validate import graph_dag
 
 from .comfy_api import widget_default, widget_slots
 

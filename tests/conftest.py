@@ -12,7 +12,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory):
     """A models folder holding every tiny model, written by the project's own code (real formats)."""
-    from nodes.tiny_models import write_all
+    from ipgraph.nodes.tiny import write_all
 
     path = tmp_path_factory.mktemp("models")
     write_all(path)
@@ -21,7 +21,7 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture
 def runtime(models_dir, tmp_path):
-    from nodes.runtime import Runtime
+    from ipgraph.nodes.core.runtime import Runtime
 
     return Runtime.create(models_dir=models_dir, output_dir=tmp_path / "output", input_dir=tmp_path / "input",
                           device="cpu", dtype="float32")
@@ -29,7 +29,7 @@ def runtime(models_dir, tmp_path):
 
 @pytest.fixture
 def engine(runtime):
-    import nodes  # noqa: F401
-    from engine import REGISTRY, Engine
+    import ipgraph.nodes  # noqa: F401
+    from ipgraph.engine import REGISTRY, Engine
 
     return Engine(REGISTRY, runtime)

@@ -103,11 +103,11 @@ def write_pngs() -> None:
 
 def write_embeds() -> None:
     """Run IPAdapterEncoder (through the engine) on the pet image and save the result as a bundled asset."""
-    import nodes  # noqa: F401
-    from engine import REGISTRY, Engine, Graph
-    from nodes.embeds import save_embeds
-    from nodes.runtime import Runtime
-    from nodes.tiny_models import write_all
+    import ipgraph.nodes  # noqa: F401
+    from ipgraph.engine import REGISTRY, Engine, Graph
+    from ipgraph.nodes.core.runtime import Runtime
+    from ipgraph.nodes.ipadapter.embeds import save_embeds
+    from ipgraph.nodes.tiny import write_all
 
     with tempfile.TemporaryDirectory() as tmp:
         models = Path(tmp) / "models"
@@ -161,7 +161,7 @@ def _encoders(g, adapter="tiny-ip-adapter_sd15.safetensors", ipa_id="ipadapter")
 
 
 def txt2img():
-    from engine import Graph
+    from ipgraph.engine import Graph
 
     g = Graph()
     ck, pos, neg = _base(g)
@@ -175,7 +175,7 @@ def txt2img():
 
 
 def img2img():
-    from engine import Graph
+    from ipgraph.engine import Graph
 
     g = Graph()
     ck, pos, neg = _base(g, prompt="a polar bear, oil painting")
@@ -190,7 +190,7 @@ def img2img():
 
 
 def two_masks():
-    from engine import Graph
+    from ipgraph.engine import Graph
 
     g = Graph()
     ck, pos, neg = _base(g, prompt="2 girls", negative="blurry, lowres, monochrome")
@@ -215,7 +215,7 @@ def two_masks():
 
 def two_adapters_sweep():
     """A pet (base adapter, 0.8) and clothing (plus adapter, swept 0.3/0.4/0.5): three branches, one encoding."""
-    from engine import Graph
+    from ipgraph.engine import Graph
 
     g = Graph()
     ck, pos, neg = _base(g, prompt="a dog wearing a sweater")
@@ -237,7 +237,7 @@ def two_adapters_sweep():
 
 
 def embeds_save():
-    from engine import Graph
+    from ipgraph.engine import Graph
 
     g = Graph()
     ck, pos, neg = _base(g, prompt="a dog on the grass")
@@ -253,7 +253,7 @@ def embeds_save():
 
 
 def embeds_load():
-    from engine import Graph
+    from ipgraph.engine import Graph
 
     g = Graph()
     ck, pos, neg = _base(g, prompt="a dog on the grass")
@@ -266,7 +266,7 @@ def embeds_load():
 
 
 def instantstyle_sdxl():
-    from engine import Graph
+    from ipgraph.engine import Graph
 
     g = Graph()
     ck, pos, neg = _base(g, ckpt="tiny-sdxl.safetensors", prompt="a cat, masterpiece")
@@ -292,7 +292,7 @@ GRAPHS_TO_WRITE = {
 
 
 def write_graphs() -> None:
-    import nodes  # noqa: F401
+    import ipgraph.nodes  # noqa: F401
 
     for name, build in GRAPHS_TO_WRITE.items():
         g = build()

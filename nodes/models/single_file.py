@@ -31,8 +31,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from ..types import SD15, SDXL
-from .tiny import SD15_VAE_SCALING, SDXL_VAE_SCALING, scheduler_config
+from ..core.types import SD15, SDXL
+from .configs import SD15_VAE_SCALING, SDXL_VAE_SCALING, scheduler_config
 from .tokenizer import clip_tokenizer
 
 UNET_PREFIX = "model.diffusion_model."

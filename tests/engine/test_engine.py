@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from engine import (
+from ipgraph.engine import (
     CancelToken,
     Engine,
     Graph,
@@ -302,7 +302,7 @@ def test_registry_describes_nodes():
 
 
 def test_comfy_api_import_maps_slots_to_names():
-    from engine.comfy import from_comfy_api, to_comfy_api
+    from ipgraph.engine.comfy import from_comfy_api, to_comfy_api
 
     prompt = {"1": {"class_type": "Const", "inputs": {"value": 2.0}},
               "2": {"class_type": "Add", "inputs": {"a": ["1", 0], "offset": 1.0}},

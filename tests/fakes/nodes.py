@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from engine import NodeContext, NodeInputs, NodeOutputs, Output, Registry, Socket
+from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Registry, Socket
 
 REGISTRY = Registry()
 node = REGISTRY.node

@@ -6,12 +6,12 @@ import copy
 
 import pytest
 
-from nodes.ipadapter.tiny import tiny_clip_vision, write_tiny_clip_vision, write_tiny_ipadapters
+from ipgraph.nodes.tiny.ipadapter import tiny_clip_vision, write_tiny_clip_vision, write_tiny_ipadapters
 
 
 @pytest.fixture(scope="session")
 def unets():
-    from nodes.models.tiny import build_tiny
+    from ipgraph.nodes.tiny.sd import build_tiny
 
     return {"sd15": build_tiny("sd15")["unet"], "sdxl": build_tiny("sdxl")["unet"]}
 

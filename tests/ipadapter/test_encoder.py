@@ -11,7 +11,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 from transformers import CLIPImageProcessor
 
-from nodes.ipadapter import (
+from ipgraph.nodes.ipadapter import (
     combine_embeds,
     embeds_for,
     encode,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from nodes.ipadapter import (
+from ipgraph.nodes.ipadapter import (
     IPAdapterFileError,
     check_pairing,
     describe_encoder,
@@ -17,8 +17,8 @@ from nodes.ipadapter import (
     load_clip_vision,
     load_ipadapter,
 )
-from nodes.ipadapter.encoder import clip_vision_config_from_shapes
-from nodes.ipadapter.files import EncoderInfo
+from ipgraph.nodes.ipadapter.encoder import clip_vision_config_from_shapes
+from ipgraph.nodes.ipadapter.files import EncoderInfo
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nodes.ipadapter import IPAdapterPatch, cross_attention_names, installed, load_ipadapter
-from nodes.ipadapter.tiny import tiny_ipadapter_state
-from nodes.types import SamplingState
+from ipgraph.nodes.core.types import SamplingState
+from ipgraph.nodes.ipadapter import IPAdapterPatch, cross_attention_names, installed, load_ipadapter
+from ipgraph.nodes.tiny.ipadapter import tiny_ipadapter_state
 
 from ._oracle import load_into
 

@@ -8,8 +8,8 @@ import torch
 from diffusers.image_processor import IPAdapterMaskProcessor
 from PIL import Image
 
-from nodes.ipadapter import IPAdapterPatch, installed, instantstyle_weights, load_ipadapter
-from nodes.types import SamplingState
+from ipgraph.nodes.core.types import SamplingState
+from ipgraph.nodes.ipadapter import IPAdapterPatch, installed, instantstyle_weights, load_ipadapter
 
 from ._oracle import h94_state, load_into, sdxl_added, set_scale
 

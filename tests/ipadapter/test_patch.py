@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nodes.ipadapter import IPAdapterPatch, cross_attention_names, installed, layer_weights, load_ipadapter
-from nodes.ipadapter.attention import DecoupledAttnProcessor, mask_grid
-from nodes.types import SamplingState
+from ipgraph.nodes.core.types import SamplingState
+from ipgraph.nodes.ipadapter import (
+    IPAdapterPatch,
+    cross_attention_names,
+    installed,
+    layer_weights,
+    load_ipadapter,
+)
+from ipgraph.nodes.ipadapter.attention import DecoupledAttnProcessor, mask_grid
 
 H, W = 16, 16
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodes.ipadapter import WEIGHT_TYPES, instantstyle_weights, layer_table, layer_weights
+from ipgraph.nodes.ipadapter import WEIGHT_TYPES, instantstyle_weights, layer_table, layer_weights
 
 
 def test_layer_tables():

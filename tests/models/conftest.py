@@ -2,7 +2,7 @@
 
 import pytest
 
-from nodes.models.tiny import write_tiny_models
+from ipgraph.nodes.tiny.sd import write_tiny_models
 
 
 @pytest.fixture(scope="session")

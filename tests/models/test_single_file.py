@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from nodes.models.single_file import (
+from ipgraph.nodes.models.single_file import (
     CheckpointError,
     detect_arch,
     inspect_checkpoint,
@@ -15,7 +15,7 @@ from nodes.models.single_file import (
     unet_to_original,
     vae_to_original,
 )
-from nodes.models.tiny import build_tiny, write_tiny_models
+from ipgraph.nodes.tiny.sd import build_tiny, write_tiny_models
 
 
 def assert_same_weights(a, b):
@@ -118,7 +118,7 @@ def test_full_size_layout_is_inferred(arch):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from nodes.models.single_file import (
+    from ipgraph.nodes.models.single_file import (
         SD15_CLIP_PREFIX,
         SDXL_CLIP_PREFIX,
         SDXL_OPENCLIP_PREFIX,
@@ -128,7 +128,7 @@ def test_full_size_layout_is_inferred(arch):
         convert_original,
         open_clip_to_original,
     )
-    from nodes.models.tiny import (
+    from ipgraph.nodes.tiny.sd import (
         SDXL_VAE_SCALING,
         clip_text_config,
         sd15_unet_config,
@@ -319,7 +319,7 @@ def test_written_bytes_are_deterministic_and_writes_idempotent(tiny_models, tmp_
 @pytest.mark.slow
 def test_tiny_sd15_runs_deterministically_in_a_diffusers_pipeline():
     """The tiny parts form a working diffusers pipeline (speed is measured in bench/, not asserted here)."""
-    from nodes.models.tiny import _pipeline
+    from ipgraph.nodes.tiny.sd import _pipeline
 
     pipe = _pipeline("sd15", build_tiny("sd15"))
     pipe.set_progress_bar_config(disable=True)

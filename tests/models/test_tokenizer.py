@@ -1,4 +1,4 @@
-from nodes.models.tokenizer import clip_tokenizer, sd15_tokenizer, sdxl_tokenizers
+from ipgraph.nodes.models.tokenizer import clip_tokenizer, sd15_tokenizer, sdxl_tokenizers
 
 
 def test_ids_match_real_clip():

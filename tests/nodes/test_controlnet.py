@@ -19,10 +19,10 @@ from diffusers import (
     StableDiffusionXLControlNetPipeline,
 )
 
-from engine import Graph, NodeFailed, ValidationFailed
-from nodes.controlnet import load_controlnet
-from nodes.controlnet_tiny import build_tiny_controlnet
-from nodes.image_ops import canny, scale_image
+from ipgraph.engine import Graph, NodeFailed, ValidationFailed
+from ipgraph.nodes.controlnet.model import load_controlnet
+from ipgraph.nodes.image.image_ops import canny, scale_image
+from ipgraph.nodes.tiny.controlnet import build_tiny_controlnet
 
 TOL = 1e-4
 PROMPT, NEGATIVE = "a house by a tree", "blurry"
@@ -148,8 +148,8 @@ def test_sdxl_controlnet_matches_diffusers(engine):
 def test_controlnet_sees_text_only_and_its_processors_stay_untouched(engine, models_dir):
     """With an IP-Adapter patch on the MODEL, the ControlNet still gets the 77 text tokens, its attention
     processors are never swapped, and the shared UNet is restored afterwards."""
-    from nodes.ipadapter import IPAdapterPatch, load_ipadapter
-    from nodes.sampling import sample
+    from ipgraph.nodes.diffusion.sampling import sample
+    from ipgraph.nodes.ipadapter import IPAdapterPatch, load_ipadapter
 
     result = run(engine, cn_graph(steps=2))
     net = result.outputs["cn0"].control_net.net
@@ -188,7 +188,7 @@ def test_conditioning_is_not_mutated_and_zero_strength_passes_through(engine):
 def test_mask_of_ones_is_no_mask_and_zeros_is_no_control(engine):
     base = run(engine, cn_graph(steps=3)).outputs["ks"].latent.samples
     plain = run(engine, cn_graph(controls=(), steps=3)).outputs["ks"].latent.samples
-    from nodes.sampling import sample
+    from ipgraph.nodes.diffusion.sampling import sample
 
     result = run(engine, cn_graph(steps=3))
     control = result.outputs["apply0"].positive.controls[0]
@@ -231,7 +231,7 @@ def test_bad_widgets_and_missing_files_fail_validation(engine):
 
 
 def test_empty_hint_is_a_clear_error():
-    from nodes.controlnet import hint_tensor
+    from ipgraph.nodes.controlnet.nodes import hint_tensor
 
     with pytest.raises(ValueError, match="image: the hint image is empty"):
         hint_tensor(torch.zeros(1, 0, 64, 3))
@@ -269,7 +269,7 @@ def test_demo_graphs_run(engine, name):
 
 def test_comfyui_api_workflow_imports_and_runs(engine):
     """ComfyUI's class and input names (ControlNetLoader.control_net_name, ControlNetApplyAdvanced, Canny)."""
-    from engine.comfy import from_comfy_api
+    from ipgraph.engine.comfy import from_comfy_api
 
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd15.safetensors"}},
@@ -293,7 +293,7 @@ def test_comfyui_api_workflow_imports_and_runs(engine):
 
 
 def test_controlnet_and_ipadapter_both_act_in_the_demo_graph(engine):
-    from engine import Link
+    from ipgraph.engine import Link
 
     def latents(model=None, cond=None):
         g = Graph.from_json((GRAPHS / "controlnet_canny_ipadapter.json").read_text())

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import CancelToken, Engine, Graph, NodeFailed, RunCancelledError, events
+from ipgraph.engine import CancelToken, Engine, Graph, NodeFailed, RunCancelledError, events
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -83,7 +83,7 @@ def test_saved_png_carries_the_graph_and_reruns(engine, runtime, tmp_path):
     r = engine.run(small_graph())
     (image,) = r.ui["save"]["images"]
     png = runtime.output_dir / image["filename"]
-    from nodes.image_io import graph_from_png
+    from ipgraph.nodes.image.image_io import graph_from_png
 
     assert graph_from_png(png) == small_graph().to_dict()
     out = tmp_path / "rerun"
@@ -182,7 +182,7 @@ def test_base_model_output_is_unchanged_by_other_runs(engine):
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "graphs").glob("*.json")))
 def test_every_bundled_graph_validates_and_runs(engine, runtime, name):
-    from engine.comfy import from_comfy_api, is_comfy_api
+    from ipgraph.engine.comfy import from_comfy_api, is_comfy_api
 
     doc = json.loads((ROOT / "graphs" / name).read_text())
     graph = from_comfy_api(doc) if is_comfy_api(doc) else Graph.from_dict(doc)
@@ -195,9 +195,9 @@ def test_every_bundled_graph_validates_and_runs(engine, runtime, name):
 
 def test_sdxl_vae_stays_fp32_when_models_run_in_fp16(models_dir, tmp_path):
     """fp16 runtimes (CUDA) keep the SDXL VAE in fp32, as diffusers' force_upcast does; the UNet is fp16."""
-    import nodes  # noqa: F401
-    from engine import REGISTRY
-    from nodes.runtime import Runtime
+    import ipgraph.nodes  # noqa: F401
+    from ipgraph.engine import REGISTRY
+    from ipgraph.nodes.core.runtime import Runtime
 
     runtime = Runtime.create(models_dir=models_dir, output_dir=tmp_path, device="cpu", dtype="float16")
     g = Graph()

@@ -17,8 +17,8 @@ import pytest
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionInpaintPipeline
 
-from engine import Graph, NodeFailed, ValidationFailed
-from nodes.inpaint import grow, latent_mask, pixel_mask
+from ipgraph.engine import Graph, NodeFailed, ValidationFailed
+from ipgraph.nodes.diffusion.inpaint import grow, latent_mask, pixel_mask
 
 TOL = 1e-4
 PROMPT, NEGATIVE = "a cute gummy bear waving", "blurry"

@@ -14,8 +14,8 @@ import shutil
 import pytest
 import torch
 
-from engine import REGISTRY, Engine, Graph, NodeFailed
-from nodes.runtime import ASSETS_DIR
+from ipgraph.engine import REGISTRY, Engine, Graph, NodeFailed
+from ipgraph.nodes.core.runtime import ASSETS_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -104,9 +104,9 @@ def test_reference_is_encoded_once_and_seed_change_reruns_only_the_sampler(engin
 # -- weights per block ------------------------------------------------------------------------------------
 
 def test_style_only_touches_the_documented_block(engine):
-    from nodes.ipadapter import cross_attention_names, installed
-    from nodes.ipadapter.attention import DecoupledAttnProcessor
-    from nodes.types import SamplingState
+    from ipgraph.nodes.core.types import SamplingState
+    from ipgraph.nodes.ipadapter import cross_attention_names, installed
+    from ipgraph.nodes.ipadapter.attention import DecoupledAttnProcessor
 
     g = ip_graph(ckpt="tiny-sdxl.safetensors", adapter="tiny-ip-adapter_sdxl.safetensors", weight=0.5,
                  weight_type="per-block", block_weights=json.dumps({"up": {"block_0": [0.0, 1.0, 0.0]}}))
@@ -169,7 +169,7 @@ def test_embeds_from_another_adapter_kind_are_refused(engine):
 
 
 def test_bad_masks_and_images_give_clear_errors(engine, caplog):
-    from nodes.ipadapter_nodes import IPAdapterApplyIn, ipadapter_apply
+    from ipgraph.nodes.ipadapter.nodes import IPAdapterApplyIn, ipadapter_apply
 
     r = engine.run(ip_graph(weight=0.5), outputs=["apply", "pos", "neg", "lat"])
     o = r.outputs
@@ -191,16 +191,16 @@ def test_bad_masks_and_images_give_clear_errors(engine, caplog):
     # a wide mask on a square image: resized (stretched) with a log note
     wide = run(attn_mask=torch.ones(1, 32, 96)).model
     lat = o["lat"].latent
-    from nodes.sampling import sample
+    from ipgraph.nodes.diffusion.sampling import sample
 
-    with caplog.at_level(logging.INFO, logger="nodes.ipadapter.attention"):
+    with caplog.at_level(logging.INFO, logger="ipgraph.nodes.ipadapter.attention"):
         sample(wide, o["pos"].conditioning, o["neg"].conditioning, lat, seed=1, steps=1, cfg=5.0, sampler="euler",
                schedule="normal", denoise=1.0, device="cpu", dtype=torch.float32)
     assert any("stretched" in rec.message for rec in caplog.records)
 
 
 def defaults() -> dict:
-    from nodes.ipadapter_nodes import IPAdapterApplyIn
+    from ipgraph.nodes.ipadapter.nodes import IPAdapterApplyIn
 
     return {n: f.default for n, f in IPAdapterApplyIn.model_fields.items()}
 
@@ -243,7 +243,7 @@ def test_embeds_round_trip_runs_without_encoder_and_matches_direct_image(engine,
 
 
 def test_diffusers_torch_save_embeds_load_weights_only(engine, runtime):
-    from nodes.embeds import EmbedsFileError, load_embeds
+    from ipgraph.nodes.ipadapter.embeds import EmbedsFileError, load_embeds
 
     folder = runtime.models_dir / "embeds"
     folder.mkdir(exist_ok=True)
@@ -267,7 +267,7 @@ def test_diffusers_torch_save_embeds_load_weights_only(engine, runtime):
 
 
 def test_bundled_embeds_asset_and_comfy_alias(engine):
-    from engine.comfy import from_comfy_api
+    from ipgraph.engine.comfy import from_comfy_api
 
     assert (ASSETS_DIR / "tiny-embeds_sd15.ipadpt").is_file()
     doc = {"1": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": ENCODER}},

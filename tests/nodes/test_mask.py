@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-import nodes  # noqa: F401  (registers every node type)
-from engine import REGISTRY, Engine, Graph, ValidationFailed
-from engine.comfy import from_comfy_api
-from nodes import mask as M
-from nodes.runtime import Runtime
+import ipgraph.nodes  # noqa: F401  (registers every node type)
+from ipgraph.engine import REGISTRY, Engine, Graph, ValidationFailed
+from ipgraph.engine.comfy import from_comfy_api
+from ipgraph.nodes import mask as M
+from ipgraph.nodes.core.runtime import Runtime
 
 
 # --------------------------------------------------------------------------------------------------- helpers

@@ -15,9 +15,9 @@ from diffusers import (
 )
 from transformers import CLIPImageProcessor
 
-from nodes.controlnet import load_controlnet
-from nodes.ipadapter import load_clip_vision
-from nodes.models.single_file import load_checkpoint
+from ipgraph.nodes.controlnet.model import load_controlnet
+from ipgraph.nodes.ipadapter import load_clip_vision
+from ipgraph.nodes.models.single_file import load_checkpoint
 from tests.nodes.test_controlnet import CN15, cn_graph, hint_of
 from tests.nodes.test_inpaint import inpaint_graph, pixels_and_mask
 from tests.nodes.test_oracle_ipadapter import asset, diff

@@ -16,10 +16,10 @@ from diffusers.image_processor import IPAdapterMaskProcessor
 from PIL import Image
 from transformers import CLIPImageProcessor
 
-from engine import Graph
-from nodes.ipadapter import load_clip_vision
-from nodes.models.single_file import load_checkpoint
-from nodes.runtime import ASSETS_DIR
+from ipgraph.engine import Graph
+from ipgraph.nodes.core.runtime import ASSETS_DIR
+from ipgraph.nodes.ipadapter import load_clip_vision
+from ipgraph.nodes.models.single_file import load_checkpoint
 
 pytestmark = pytest.mark.slow
 TOL = 1e-4

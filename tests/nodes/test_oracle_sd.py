@@ -22,7 +22,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from engine import Graph
+from ipgraph.engine import Graph
 
 TOL = 1e-4
 PROMPT, NEGATIVE = "a polar bear in the snow", "blurry"

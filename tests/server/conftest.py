@@ -25,7 +25,7 @@ class LiveServer:
                  graphs_dir=None, serve_frontend=False, port=None, **config) -> None:
         import uvicorn
 
-        from server.app import ServerConfig, create_app
+        from ipgraph.server.app import ServerConfig, create_app
 
         self.port = port or free_port()
         kwargs = dict(data_dir=Path(data_dir), models_dir=models_dir, host="127.0.0.1", port=self.port, token=token,
@@ -148,7 +148,7 @@ def api_chain(value: int = 5, steps: int = 3, delay: float = 0.0, seed: int = 0)
 @pytest.fixture(scope="module")
 def real_server(tmp_path_factory):
     """The server with ipgraph's real nodes, the tiny models and the bundled graphs."""
-    from nodes.models.tiny import ensure_tiny_models
+    from ipgraph.nodes.tiny.sd import ensure_tiny_models
 
     root = tmp_path_factory.mktemp("real")
     models = root / "models"

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from PIL import Image
 from pydantic import Field
 
-from engine import NodeContext, NodeInputs, NodeOutputs, Output, Registry, Socket
+from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Registry, Socket
 
 REGISTRY = Registry()
 node = REGISTRY.node

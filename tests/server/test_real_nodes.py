@@ -16,8 +16,8 @@ GRAPHS = Path(__file__).resolve().parents[2] / "graphs"
 
 
 def test_txt2img_through_prompt_and_view(real_server):
-    from engine import Graph
-    from engine.comfy import to_comfy_api
+    from ipgraph.engine import Graph
+    from ipgraph.engine.comfy import to_comfy_api
 
     c = real_server.client()
     info = c.get("/api/object_info").json()

@@ -12,33 +12,16 @@ projection 32; the adapters are made for it) and ``tiny-clip-vision-wide`` (hidd
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
-from .projection import diffusers_to_h94
+from ..ipadapter.projection import diffusers_to_h94
+from .common import atomic_write, seeded
 
 TINY_ENCODER = dict(hidden_size=64, intermediate_size=128, projection_dim=32, num_hidden_layers=2)
 TINY_ENCODER_WIDE = dict(hidden_size=96, intermediate_size=192, projection_dim=48, num_hidden_layers=2)
 _COMMON = dict(num_attention_heads=1, image_size=224, patch_size=32, hidden_act="gelu", layer_norm_eps=1e-5)
-
-
-def _seeded(seed: int, make):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return make()
-
-
-def _replace_into(dest: Path, write) -> None:
-    """Write via a temporary sibling and rename, so a concurrent reader never sees half a file."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    write(tmp)
-    if dest.is_dir():
-        shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
 
 
 def tiny_clip_vision(wide: bool = False):
@@ -47,7 +30,7 @@ def tiny_clip_vision(wide: bool = False):
 
     cfg = CLIPVisionConfig(**(TINY_ENCODER_WIDE if wide else TINY_ENCODER), **_COMMON)
     return (
-        _seeded(101 if wide else 100, lambda: CLIPVisionModelWithProjection(cfg)).eval().requires_grad_(False)
+        seeded(101 if wide else 100, lambda: CLIPVisionModelWithProjection(cfg))
     )
 
 
@@ -57,7 +40,7 @@ def _save_encoder_file(model, dest: Path) -> None:
     sd = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("position_ids")}
     keep = ("hidden_size", "intermediate_size", "projection_dim", "num_hidden_layers", *_COMMON)
     config = {k: getattr(model.config, k) for k in keep}
-    _replace_into(dest, lambda tmp: save_file(sd, str(tmp), metadata={"config": json.dumps(config)}))
+    atomic_write(dest, lambda tmp: save_file(sd, str(tmp), metadata={"config": json.dumps(config)}))
 
 
 def write_tiny_clip_vision(models_dir: str | Path) -> dict[str, Path]:
@@ -72,7 +55,7 @@ def write_tiny_clip_vision(models_dir: str | Path) -> dict[str, Path]:
     model = tiny_clip_vision()
     _save_encoder_file(model, paths["clip_vision"])
     _save_encoder_file(tiny_clip_vision(wide=True), paths["clip_vision_wide"])
-    _replace_into(
+    atomic_write(
         paths["clip_vision_folder"], lambda tmp: model.save_pretrained(str(tmp), safe_serialization=True)
     )
     return paths
@@ -82,7 +65,7 @@ def tiny_ipadapter_state(unet, variant: str, seed: int) -> dict[str, dict[str, t
     """An h94-layout ``{"image_proj": ..., "ip_adapter": ...}`` sized for ``unet`` and the tiny encoder."""
     from diffusers.models.embeddings import ImageProjection, IPAdapterPlusImageProjection
 
-    from .files import describe_unet
+    from ..ipadapter.files import describe_unet
 
     info = describe_unet(unet)
     dim = info.cross_attention_dim
@@ -116,7 +99,7 @@ def tiny_ipadapter_state(unet, variant: str, seed: int) -> dict[str, dict[str, t
                 )
         return proj, ip
 
-    proj, ip = _seeded(seed, make)
+    proj, ip = seeded(seed, make)
     image_proj = {k: v.detach().contiguous() for k, v in diffusers_to_h94(variant, proj.state_dict()).items()}
     return {"image_proj": image_proj, "ip_adapter": ip}
 
@@ -135,10 +118,10 @@ def write_tiny_ipadapters(models_dir: str | Path, unets: dict) -> dict[str, Path
             flat = {f"{part}.{k}": t for part, d in state.items() for k, t in d.items()}
             stem = "tiny-ip-adapter" if variant == "base" else "tiny-ip-adapter-plus"
             dest = folder / f"{stem}_{arch}.safetensors"
-            _replace_into(dest, lambda tmp, flat=flat: save_file(flat, str(tmp)))
+            atomic_write(dest, lambda tmp, flat=flat: save_file(flat, str(tmp)))
             paths[f"{variant}_{arch}"] = dest
             if arch == "sd15" and variant == "base":
                 bin_dest = folder / "tiny-ip-adapter_sd15.bin"
-                _replace_into(bin_dest, lambda tmp, state=state: torch.save(state, str(tmp)))
+                atomic_write(bin_dest, lambda tmp, state=state: torch.save(state, str(tmp)))
                 paths["base_sd15_bin"] = bin_dest
     return paths

@@ -24,12 +24,11 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
+from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
 
-from .clip_vision import ClipVision, ClipVisionOutput
-from .common import ModelName, model_file_check, model_file_fingerprint, runtime_of
-from .embeds import ImageEmbeds, _fit, default_negative, embeds_mismatch, encode_for, encoder_mismatch
-from .ipadapter import (
+from ..core.types import ModelHandle
+from ..core.widgets import ModelName, model_file_check, model_file_fingerprint, runtime_of
+from . import (
     IPAdapterFileError,
     IPAdapterPatch,
     check_pairing,
@@ -41,7 +40,8 @@ from .ipadapter import (
     layer_weights,
     load_ipadapter,
 )
-from .types import ModelHandle
+from .clip_vision import ClipVision, ClipVisionOutput
+from .embeds import ImageEmbeds, _fit, default_negative, embeds_mismatch, encode_for, encoder_mismatch
 
 WeightType = Literal["linear", "ease in", "ease out", "ease in-out", "reverse in-out", "weak input", "weak output",
                      "weak middle", "strong middle", "style transfer", "composition", "style and composition",

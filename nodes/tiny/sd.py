@@ -11,59 +11,19 @@ parameters, 8 heads as in the real model) is for benchmarks.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
-import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from .tokenizer import MAX_LENGTH, VOCAB_SIZE, clip_tokenizer
+from ..models.configs import SD15_VAE_SCALING, SDXL_VAE_SCALING, scheduler_config
+from ..models.single_file import save_checkpoint, save_vae
+from ..models.tokenizer import MAX_LENGTH, VOCAB_SIZE, clip_tokenizer
+from .common import atomic_write, seeded
 
 # Bump when anything below changes what gets written: write_tiny_models then regenerates the files.
 GENERATOR_VERSION = 1
 KINDS = ("sd15", "sd15-inpaint", "sdxl", "sd15-mid")
-
-SD15_SCHEDULER_CONFIG = {  # stable-diffusion-v1-5 scheduler/scheduler_config.json
-    "_class_name": "PNDMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "trained_betas": None,
-}
-SDXL_SCHEDULER_CONFIG = {  # stable-diffusion-xl-base-1.0 scheduler/scheduler_config.json
-    "_class_name": "EulerDiscreteScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "interpolation_type": "linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "sample_max_value": 1.0,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "trained_betas": None,
-    "use_karras_sigmas": False,
-}
-SD15_VAE_SCALING = 0.18215
-SDXL_VAE_SCALING = 0.13025
-
-
-def scheduler_config(arch: str) -> dict:
-    """The real scheduler config of the architecture (a fresh copy)."""
-    return dict(SDXL_SCHEDULER_CONFIG if arch == "sdxl" else SD15_SCHEDULER_CONFIG)
-
 
 def clip_text_config(hidden: int, layers: int, heads: int, act: str, projection_dim: int) -> CLIPTextConfig:
     """CLIP text config with the real vocabulary, 77 positions and CLIP's special token ids."""
@@ -136,14 +96,6 @@ def vae_config(widths=(32, 32, 64, 64), scaling_factor=SD15_VAE_SCALING, layers=
     )
 
 
-def _seeded(seed: int, make):
-    """Build a module under a fixed seed without disturbing the caller's global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        module = make()
-    return module.eval().requires_grad_(False)
-
-
 def build_tiny(kind: str = "sd15") -> dict:
     """Build the diffusers/transformers objects of a tiny model in memory (fresh objects each call).
 
@@ -161,11 +113,11 @@ def build_tiny(kind: str = "sd15") -> dict:
         )
         tok1, tok2 = clip_tokenizer(), clip_tokenizer("!")
         return dict(
-            unet=_seeded(10, lambda: UNet2DConditionModel(**unet_cfg)),
-            vae=_seeded(11, lambda: AutoencoderKL(**vae_config(scaling_factor=SDXL_VAE_SCALING))),
-            text_encoder=_seeded(12, lambda: CLIPTextModel(te1)),
+            unet=seeded(10, lambda: UNet2DConditionModel(**unet_cfg)),
+            vae=seeded(11, lambda: AutoencoderKL(**vae_config(scaling_factor=SDXL_VAE_SCALING))),
+            text_encoder=seeded(12, lambda: CLIPTextModel(te1)),
             tokenizer=tok1,
-            text_encoder_2=_seeded(13, lambda: CLIPTextModelWithProjection(te2)),
+            text_encoder_2=seeded(13, lambda: CLIPTextModelWithProjection(te2)),
             tokenizer_2=tok2,
             scheduler_config=scheduler_config("sdxl"),
         )
@@ -178,9 +130,9 @@ def build_tiny(kind: str = "sd15") -> dict:
         unet_cfg = sd15_unet_config(in_channels=9 if kind == "sd15-inpaint" else 4)
         vae_cfg = vae_config()
     return dict(
-        unet=_seeded(0, lambda: UNet2DConditionModel(**unet_cfg)),
-        vae=_seeded(1, lambda: AutoencoderKL(**vae_cfg)),
-        text_encoder=_seeded(2, lambda: CLIPTextModel(te)),
+        unet=seeded(0, lambda: UNet2DConditionModel(**unet_cfg)),
+        vae=seeded(1, lambda: AutoencoderKL(**vae_cfg)),
+        text_encoder=seeded(2, lambda: CLIPTextModel(te)),
         tokenizer=clip_tokenizer(),
         scheduler_config=scheduler_config("sd15"),
     )
@@ -217,19 +169,6 @@ def _pipeline(kind: str, parts: dict):
     )
 
 
-def _atomic_write(dest: Path, write) -> None:
-    """Write through a temporary sibling then rename, so concurrent writers never expose half a file."""
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
-    write(tmp)
-    if tmp.is_file():
-        tmp.chmod(0o644)  # safetensors creates files readable by the owner only
-    if dest.is_dir():
-        shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
-
-
 def tiny_model_paths(models_dir: Path, include_mid: bool = False) -> dict[str, Path]:
     """Where write_tiny_models puts each file, by name."""
     ck, vae = Path(models_dir) / "checkpoints", Path(models_dir) / "vae"
@@ -254,8 +193,6 @@ def write_tiny_models(models_dir: Path, include_mid: bool = False) -> dict[str, 
     ``checkpoints/`` records the version; a different version rewrites everything). Output bytes are the
     same on every run. ``include_mid`` also writes the ~100M-parameter benchmark model (~400 MB).
     """
-    from .single_file import save_checkpoint, save_vae
-
     models_dir = Path(models_dir)
     paths = tiny_model_paths(models_dir, include_mid)
     marker = models_dir / "checkpoints" / ".ipgraph-tiny-models.json"
@@ -276,17 +213,17 @@ def write_tiny_models(models_dir: Path, include_mid: bool = False) -> dict[str, 
 
     for kind in ("sd15", "sd15-inpaint", "sdxl", "sd15-mid"):
         if kind in paths and needed(kind):
-            _atomic_write(paths[kind], lambda tmp, k=kind: save_checkpoint(tmp, **_components(parts(k))))
+            atomic_write(paths[kind], lambda tmp, k=kind: save_checkpoint(tmp, **_components(parts(k))))
     for arch in ("sd15", "sdxl"):
         if needed(f"{arch}-vae"):
-            _atomic_write(paths[f"{arch}-vae"], lambda tmp, a=arch: save_vae(tmp, parts(a)["vae"]))
+            atomic_write(paths[f"{arch}-vae"], lambda tmp, a=arch: save_vae(tmp, parts(a)["vae"]))
         if needed(f"{arch}-diffusers"):
-            _atomic_write(
+            atomic_write(
                 paths[f"{arch}-diffusers"],
                 lambda tmp, a=arch: _pipeline(a, parts(a)).save_pretrained(tmp, safe_serialization=True),
             )
     if not fresh:
-        _atomic_write(marker, lambda tmp: tmp.write_text(json.dumps(stamp)))
+        atomic_write(marker, lambda tmp: tmp.write_text(json.dumps(stamp)))
     return paths
 
 

@@ -28,7 +28,7 @@ def build_tiny_controlnet(arch: str = "sd15"):
     """A ControlNetModel for ``build_tiny(arch)``'s UNet (fresh object; same weights on every call)."""
     from diffusers import ControlNetModel
 
-    from .models.tiny import build_tiny
+    from .sd import build_tiny
 
     if arch not in ARCHS:
         raise ValueError(f"unknown ControlNet architecture {arch!r}; expected one of {ARCHS}")
@@ -56,8 +56,8 @@ def write_tiny_controlnets(models_dir: Path) -> dict[str, Path]:
     """Write (or confirm) the tiny ControlNets into ``models_dir/controlnet``; returns name -> path."""
     import json
 
-    from .controlnet import save_controlnet
-    from .models.tiny import _atomic_write
+    from ..controlnet.model import save_controlnet
+    from .common import atomic_write
 
     paths = tiny_controlnet_paths(models_dir)
     folder = Path(models_dir) / "controlnet"
@@ -69,8 +69,8 @@ def write_tiny_controlnets(models_dir: Path) -> dict[str, Path]:
         if fresh and paths[arch].exists() and paths[f"{arch}-diffusers"].exists():
             continue
         net = build_tiny_controlnet(arch)
-        _atomic_write(paths[arch], lambda tmp, n=net: save_controlnet(tmp, n))
-        _atomic_write(paths[f"{arch}-diffusers"], lambda tmp, n=net: n.save_pretrained(tmp, safe_serialization=True))
+        atomic_write(paths[arch], lambda tmp, n=net: save_controlnet(tmp, n))
+        atomic_write(paths[f"{arch}-diffusers"], lambda tmp, n=net: n.save_pretrained(tmp, safe_serialization=True))
     if not fresh:
-        _atomic_write(marker, lambda tmp: tmp.write_text(json.dumps(stamp)))
+        atomic_write(marker, lambda tmp: tmp.write_text(json.dumps(stamp)))
     return paths

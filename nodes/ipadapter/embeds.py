@@ -28,12 +28,12 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
+from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
 
+from ..core.runtime import ASSETS_DIR, ModelNotFound, file_fingerprint
+from ..core.widgets import ModelName, runtime_of
+from . import IPAdapterWeights, check_pairing, embeds_for, unconditional_embeds
 from .clip_vision import ClipVision
-from .common import ModelName, runtime_of
-from .ipadapter import IPAdapterWeights, check_pairing, embeds_for, unconditional_embeds
-from .runtime import ASSETS_DIR, ModelNotFound, file_fingerprint
 
 FORMAT = "ipgraph-embeds/1"
 KIND_PHRASE = {"image_embeds": "image_embeds (projected CLS)", "hidden_states": "penultimate hidden states"}

@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
-from engine import NodeContext, NodeInputs, NodeOutputs, Output, node
+from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, node
 
-from .common import ModelName, model_file_check, model_file_fingerprint, runtime_of
-from .models.single_file import CheckpointError, inspect_checkpoint, load_checkpoint, load_vae
-from .types import ClipHandle, ModelHandle, VaeHandle
+from ..core.types import ClipHandle, ModelHandle, VaeHandle
+from ..core.widgets import ModelName, model_file_check, model_file_fingerprint, runtime_of
+from ..models.single_file import CheckpointError, inspect_checkpoint, load_checkpoint, load_vae
 
 
 class LoadCheckpointIn(NodeInputs):

@@ -1,7 +1,9 @@
-"""The bundled tiny models: written on first use so the demo and the tests run anywhere, offline.
+"""Every bundled tiny model, in one place: written on first use so the demo and the tests run anywhere, offline.
 
-They are random-weight models in the real architectures and file formats (see nodes/models/tiny.py and
-nodes/ipadapter/tiny.py), loaded through exactly the code path real files take.
+They are random-weight models in the real architectures and file formats, loaded through exactly the code
+path real files take: ``sd`` (SD1.5 / SDXL checkpoints, VAEs, diffusers folders), ``ipadapter`` (CLIP vision
+encoders, h94 IP-Adapter files), ``controlnet`` (original-layout files and diffusers folders). ``common``
+holds what the writers share. New families add their writer here and a line to :func:`write_all`.
 """
 
 from __future__ import annotations
@@ -9,33 +11,25 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from engine import Graph
-
 _lock = threading.Lock()
 
 
 def write_all(models_dir: Path) -> list[Path]:
-    """Write (or confirm) every tiny model; returns their paths."""
-    from .models.tiny import build_tiny, ensure_tiny_models
+    """Write (or confirm) every tiny model; returns their paths. Files already written are left alone."""
+    from .controlnet import write_tiny_controlnets
+    from .ipadapter import write_tiny_clip_vision, write_tiny_ipadapters
+    from .sd import build_tiny, ensure_tiny_models
 
     with _lock:
         paths = list(ensure_tiny_models(models_dir).values())
-        try:
-            from .ipadapter.tiny import write_tiny_clip_vision, write_tiny_ipadapters
-        except ImportError:  # IP-Adapter support not present in this build
-            return paths
         paths += list(write_tiny_clip_vision(models_dir).values())
         unets = {"sd15": build_tiny("sd15")["unet"], "sdxl": build_tiny("sdxl")["unet"]}
         paths += list(write_tiny_ipadapters(models_dir, unets).values())
-        try:
-            from .controlnet_tiny import write_tiny_controlnets
-        except ImportError:
-            return paths
         paths += list(write_tiny_controlnets(models_dir).values())
     return paths
 
 
-def ensure_for_graph(graph: Graph, runtime) -> None:
+def ensure_for_graph(graph, runtime) -> None:
     """Create the tiny models if the graph names one that is missing (the embedded default)."""
     for entry in graph.nodes.values():
         for value in entry.inputs.values():
@@ -45,6 +39,6 @@ def ensure_for_graph(graph: Graph, runtime) -> None:
 
 
 def _exists(runtime, name: str) -> bool:
-    from .runtime import MODEL_KINDS
+    from ..core.runtime import MODEL_KINDS
 
     return any((runtime.models_dir / kind / name).exists() for kind in MODEL_KINDS)

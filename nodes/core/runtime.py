@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
+from ipgraph.graphs import ASSETS_DIR
+
 MODEL_KINDS = ("checkpoints", "vae", "clip_vision", "ipadapter", "controlnet", "embeds")
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".ipadpt")
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "graphs" / "assets"
 
 
 class ModelNotFound(FileNotFoundError):

@@ -15,10 +15,10 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
+from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
 
-from .common import ModelName, model_file_check, model_file_fingerprint, runtime_of
-from .ipadapter import EncoderInfo, describe_encoder, encode, load_clip_vision, preprocess
+from ..core.widgets import ModelName, model_file_check, model_file_fingerprint, runtime_of
+from . import EncoderInfo, describe_encoder, encode, load_clip_vision, preprocess
 
 
 @dataclass(frozen=True, eq=False)

@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
+from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
 
-from .common import runtime_of
-from .types import Latent, VaeHandle
+from ..core.types import Latent, VaeHandle
+from ..core.widgets import runtime_of
 
 LATENT_CHANNELS = 4
 

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
+from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
 
-from .common import runtime_of
+from ..core.types import Latent
+from ..core.widgets import runtime_of
 from .latent import check_pixels, vae_encode
-from .types import Latent
 
 
 def mask_4d(mask: Any, name: str = "mask") -> torch.Tensor:

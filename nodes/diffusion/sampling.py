@@ -21,11 +21,11 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from pydantic import Field
 
-from engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
+from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
 
-from .common import runtime_of
+from ..core.types import SDXL, Conditioning, Latent, ModelHandle, SamplingState
+from ..core.widgets import runtime_of
 from .samplers import SamplerName, ScheduleName, make_scheduler, step_kwargs, supports_karras
-from .types import SDXL, Conditioning, Latent, ModelHandle, SamplingState
 
 # Cheap latent → RGB approximations for live previews (linear maps of the 4 latent channels).
 _PREVIEW_FACTORS = {
@@ -210,7 +210,7 @@ def _install_model_patches(stack: ExitStack, model: ModelHandle, state: Sampling
     """Install every patch the MODEL handle carries (grouped by kind) until the stack closes."""
     if not model.patches:
         return
-    from .ipadapter.patch import IPAdapterPatch, installed
+    from ..ipadapter.patch import IPAdapterPatch, installed
 
     ip = [p for p in model.patches if isinstance(p, IPAdapterPatch)]
     unknown = [type(p).__name__ for p in model.patches if not isinstance(p, IPAdapterPatch)]
@@ -230,7 +230,7 @@ class ControlSet:
     def residuals(self, model_input, t, embeds, added):
         if not self.active:
             return None, None
-        from .controlnet import control_residuals
+        from ..controlnet.model import control_residuals
 
         return control_residuals(self.positive, self.negative, self.state, model_input, t, embeds, added,
                                  self.device, self.dtype)

@@ -16,11 +16,11 @@ import torch
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 from pydantic import Field
 
-from engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
-from engine.comfy import to_comfy_api
+from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
+from ipgraph.engine.comfy import to_comfy_api
 
-from .common import image_file_fingerprint, runtime_of
-from .runtime import Runtime
+from ..core.runtime import Runtime
+from ..core.widgets import image_file_fingerprint, runtime_of
 
 PNG_GRAPH_KEY = "ipgraph"
 

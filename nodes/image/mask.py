@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
+from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
 
-from .common import image_file_fingerprint
+from ..core.widgets import image_file_fingerprint
 from .image_io import ImageFileError, open_image
 
 MAX_SIDE = 16384

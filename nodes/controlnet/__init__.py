@@ -1,0 +1,1 @@
+"""ControlNet: model code (``model``) and nodes (``nodes``)."""

@@ -1,0 +1,2 @@
+"""The diffusion family: checkpoint and VAE loaders, text encoding, KSampler and its samplers, latents,
+VAE encode/decode and inpainting conditioning."""

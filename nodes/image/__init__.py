@@ -1,0 +1,2 @@
+"""The image family: loading and saving image files (with the graph in their metadata), image operations
+(scale, crop, Canny edges) and masks."""
