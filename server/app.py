@@ -36,7 +36,7 @@ log = logging.getLogger("ipgraph.server")
 
 def create_app(config: ServerConfig | None = None, registry: Registry | None = None, runtime: Any = None) -> FastAPI:
     """Build the app. ``registry`` defaults to ipgraph's nodes (``import ipgraph.nodes``); ``runtime`` to a
-    :class:`nodes.runtime.Runtime` on the data folder (input/output inside it, no absolute paths)."""
+    :class:`ipgraph.nodes.core.runtime.Runtime` on the data folder (input/output inside it, no absolute paths)."""
     config = config or ServerConfig()
     uses_default = registry is None
     if registry is None:

@@ -59,5 +59,5 @@ def image_file_fingerprint(field: str):
 def runtime_of(ctx) -> Runtime:
     runtime = ctx.resources
     if not isinstance(runtime, Runtime):
-        raise RuntimeError("diffusion nodes need a nodes.runtime.Runtime as the engine's resources")
+        raise RuntimeError("diffusion nodes need a ipgraph.nodes.core.runtime.Runtime as the engine's resources")
     return runtime

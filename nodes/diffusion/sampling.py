@@ -23,6 +23,7 @@ from pydantic import Field
 
 from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
 
+from ..core.patches import install_patches
 from ..core.types import SDXL, Conditioning, Latent, ModelHandle, SamplingState
 from ..core.widgets import runtime_of
 from .samplers import SamplerName, ScheduleName, make_scheduler, step_kwargs, supports_karras
@@ -179,7 +180,7 @@ def sample(model: ModelHandle, positive: Conditioning, negative: Conditioning, l
     extra_step = step_kwargs(scheduler, generator)
     controls = ControlSet(positive, negative, state, device, dtype)
     with ExitStack() as stack:
-        _install_model_patches(stack, model, state)
+        install_patches(stack, model.unet, model.patches, state)
         for i, t in enumerate(timesteps):
             state.step = i
             model_input = torch.cat([latents] * 2) if do_cfg else latents
@@ -204,19 +205,6 @@ def sample(model: ModelHandle, positive: Conditioning, negative: Conditioning, l
                 on_step(i + 1, len(timesteps), getattr(out, "pred_original_sample", None)
                         if getattr(out, "pred_original_sample", None) is not None else latents)
     return latents.float().cpu()
-
-
-def _install_model_patches(stack: ExitStack, model: ModelHandle, state: SamplingState) -> None:
-    """Install every patch the MODEL handle carries (grouped by kind) until the stack closes."""
-    if not model.patches:
-        return
-    from ..ipadapter.patch import IPAdapterPatch, installed
-
-    ip = [p for p in model.patches if isinstance(p, IPAdapterPatch)]
-    unknown = [type(p).__name__ for p in model.patches if not isinstance(p, IPAdapterPatch)]
-    if unknown:
-        raise TypeError(f"KSampler does not know how to install patches of type {', '.join(unknown)}")
-    stack.enter_context(installed(model.unet, ip, state))
 
 
 class ControlSet:

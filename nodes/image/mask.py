@@ -389,7 +389,7 @@ def load_image_mask_node(inp: LoadImageMaskIn, ctx: NodeContext) -> MaskOut:
     """
     runtime = ctx.resources
     if runtime is None or not hasattr(runtime, "image_path"):
-        raise RuntimeError("LoadImageMask needs a nodes.runtime.Runtime as the engine's resources")
+        raise RuntimeError("LoadImageMask needs a ipgraph.nodes.core.runtime.Runtime as the engine's resources")
     return MaskOut(mask=load_image_mask(runtime.image_path(inp.image), inp.channel, runtime.max_pixels))
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..core.patches import patch_installer
 from .attention import DecoupledAttnProcessor, LayerTerm
 from .files import IPAdapterWeights, cross_attention_names
 
@@ -126,11 +127,12 @@ def _layer_term(patch: IPAdapterPatch, j: int, device, dtype) -> LayerTerm | Non
     )
 
 
+@patch_installer(IPAdapterPatch)
 @contextmanager
 def installed(unet, patches, state):
     """Swap the UNet's attn2 processors for decoupled ones while the block runs; restore the originals after.
 
-    ``state`` is the sampling run's :class:`nodes.types.SamplingState`; the processors read it at every call
+    ``state`` is the sampling run's :class:`ipgraph.nodes.core.types.SamplingState`; the processors read it at every call
     (step range, CFG layout, latent size for masks). ``patches`` holds IPAdapterPatch objects only (filter
     a handle's other patches out first). Not re-entrant on one UNet: two samplers sharing a UNet at the same
     time must be serialised by the caller.
