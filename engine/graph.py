@@ -149,7 +149,21 @@ class Graph:
             inputs = {k: _parse_value(v) for k, v in raw_inputs.items()}
             graph.nodes[str(node_id)] = NodeEntry(entry["type"], inputs)
         graph.ui = doc.get("ui")
+        graph._apply_renames()
         return graph
+
+    def _apply_renames(self) -> None:
+        """Bring input and output names an older version of a node type used up to today's names."""
+        for entry in self.nodes.values():
+            node_type = self.registry.get(entry.type)
+            if node_type is not None and node_type.renamed_inputs:
+                entry.inputs = {node_type.renamed_inputs.get(k, k) if node_type.renamed_inputs.get(k, k)
+                                not in entry.inputs else k: v for k, v in entry.inputs.items()}
+            for name, value in entry.inputs.items():
+                up = self.nodes.get(value.node) if is_link(value) else None
+                up_type = self.registry.get(up.type) if up is not None else None
+                if up_type is not None and value.output in up_type.renamed_outputs:
+                    entry.inputs[name] = Link(value.node, up_type.renamed_outputs[value.output])
 
     @classmethod
     def from_json(cls, text: str, registry: Registry | None = None) -> Graph:

@@ -139,6 +139,8 @@ class NodeType:
     display_name: str = ""
     description: str = ""
     comfy_aliases: dict[str, dict[str, str]] = field(default_factory=dict)
+    renamed_inputs: dict[str, str] = field(default_factory=dict)  # an older document's name -> today's
+    renamed_outputs: dict[str, str] = field(default_factory=dict)
     inputs: dict[str, InputSpec] = field(default_factory=dict)
     outputs: dict[str, OutputSpec] = field(default_factory=dict)
 
@@ -218,12 +220,15 @@ class Registry:
         check: Callable[[dict, Any], Iterable[tuple[str, str]]] | None = None,
         display_name: str = "",
         comfy_aliases: dict[str, dict[str, str]] | None = None,
+        renamed_inputs: dict[str, str] | None = None,
+        renamed_outputs: dict[str, str] | None = None,
     ) -> Callable[[Callable], Callable]:
         """Register ``fn(inputs, ctx) -> outputs``; input/output models come from its annotations.
 
         ``fingerprint(literals, resources)`` adds to the cache key what the literals do not say (a file's
         size and mtime). ``check(literals, resources)`` yields ``(input_name, sentence)`` problems found
-        before anything runs (a model file that does not exist).
+        before anything runs (a model file that does not exist). ``renamed_inputs`` / ``renamed_outputs`` map
+        names an older version of the node used to today's names, so saved documents keep loading.
         """
 
         def register(fn: Callable) -> Callable:
@@ -252,6 +257,8 @@ class Registry:
                 display_name=display_name,
                 description=inspect.cleandoc(fn.__doc__ or ""),
                 comfy_aliases=dict(comfy_aliases or {}),
+                renamed_inputs=dict(renamed_inputs or {}),
+                renamed_outputs=dict(renamed_outputs or {}),
             )
             return fn
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Any
 
 import pytest
 import torch
@@ -13,8 +14,14 @@ from ipgraph.engine import (
     Engine,
     Graph,
     GraphBuildError,
+    NodeContext,
     NodeFailed,
+    NodeInputs,
+    NodeOutputs,
+    Output,
+    Registry,
     RunCancelledError,
+    Socket,
     ValidationFailed,
     events,
 )
@@ -310,3 +317,42 @@ def test_comfy_api_import_maps_slots_to_names():
     g = from_comfy_api(prompt, fake.REGISTRY)
     assert Engine(fake.REGISTRY).run(g).outputs["3"].value == 3.0
     assert to_comfy_api(g) == prompt
+
+
+
+RENAMES = Registry()
+
+
+class SrcIn(NodeInputs):
+    amount: float = 1.0
+
+
+class SrcOut(NodeOutputs):
+    VALUE: Any = Output("NUMBER")
+
+
+@RENAMES.node("Src", renamed_inputs={"value": "amount"}, renamed_outputs={"number": "VALUE"})
+def _src(inp: SrcIn, ctx: NodeContext) -> SrcOut:
+    return SrcOut(VALUE=inp.amount)
+
+
+class SinkIn(NodeInputs):
+    x: Any = Socket("NUMBER")
+
+
+class SinkOut(NodeOutputs):
+    y: Any = Output("NUMBER")
+
+
+@RENAMES.node("Sink", output_node=True)
+def _sink(inp: SinkIn, ctx: NodeContext) -> SinkOut:
+    return SinkOut(y=inp.x * 2)
+
+
+def test_renamed_inputs_and_outputs_keep_old_documents_loading():
+    old = {"nodes": {"a": {"type": "Src", "inputs": {"value": 4.0}},
+                     "b": {"type": "Sink", "inputs": {"x": {"node": "a", "output": "number"}}}}}
+    graph = Graph.from_dict(old, RENAMES)
+    assert graph.nodes["a"].inputs == {"amount": 4.0}
+    assert graph.nodes["b"].inputs["x"].output == "VALUE"
+    assert Engine(RENAMES).run(graph).outputs["b"].y == 8.0
