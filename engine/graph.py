@@ -58,6 +58,8 @@ class NodeRef:
     def out(self, output: str) -> Link:
         type_name = self._graph.nodes[self.id].type
         node_type = self._graph.registry.get(type_name)
+        if node_type is not None:
+            output = node_type.renamed_outputs.get(output, output)
         if node_type is not None and output not in node_type.outputs:
             raise GraphBuildError(
                 f"node {self.id!r} ({type_name}) has no output {output!r}; "
@@ -82,6 +84,7 @@ class Graph:
         node_type = self.registry.get(type_name)
         if node_type is None:
             raise GraphBuildError(f"unknown node type {type_name!r}")
+        inputs = {node_type.renamed_inputs.get(k, k): v for k, v in inputs.items()}
         unknown = sorted(set(inputs) - set(node_type.inputs))
         if unknown:
             raise GraphBuildError(

@@ -356,3 +356,6 @@ def test_renamed_inputs_and_outputs_keep_old_documents_loading():
     assert graph.nodes["a"].inputs == {"amount": 4.0}
     assert graph.nodes["b"].inputs["x"].output == "VALUE"
     assert Engine(RENAMES).run(graph).outputs["b"].y == 8.0
+    built = Graph(RENAMES)
+    sink = built.add("Sink", x=built.add("Src", value=3.0).number)  # the builder takes the old names too
+    assert built.nodes[sink.id].inputs["x"].output == "VALUE"
