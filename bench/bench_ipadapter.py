@@ -16,12 +16,10 @@ step and layer.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 STEPS, SIZE, WEIGHT = 20, 64, 0.6
 REFERENCE = "ipa_bear_ref.png"

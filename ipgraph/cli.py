@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--debug", action="store_true")
     lst.set_defaults(func=cmd_models_list)
 
+    graphs = sub.add_parser("graphs", help="list the bundled example graphs (or copy them with --copy DIR)")
+    graphs.add_argument("--copy", metavar="DIR", help="copy the graphs and their assets into DIR")
+    graphs.add_argument("--debug", action="store_true")
+    graphs.set_defaults(func=cmd_graphs)
+
     sub.add_parser("serve", help="run the HTTP/websocket server and the web editor (ipgraph serve --help)")
     return parser
 
@@ -192,6 +197,27 @@ def cmd_models_list(args) -> int:
     return 0
 
 
+def cmd_graphs(args) -> int:
+    import shutil
+
+    from ipgraph.graphs import ASSETS_DIR, GRAPHS_DIR, bundled
+
+    if args.copy:
+        dest = Path(args.copy)
+        (dest / "assets").mkdir(parents=True, exist_ok=True)
+        for path in bundled().values():
+            shutil.copy2(path, dest / path.name)
+        for asset in ASSETS_DIR.iterdir():
+            if asset.is_file() and asset.suffix != ".py":
+                shutil.copy2(asset, dest / "assets" / asset.name)
+        print(f"copied {len(bundled())} graphs and their assets to {dest}")
+        return 0
+    for name in bundled():
+        print(name)
+    print(f"(in {GRAPHS_DIR}; `ipgraph run NAME` runs one)", file=sys.stderr)
+    return 0
+
+
 # -- helpers ------------------------------------------------------------------------------------------
 
 def default_registry() -> Registry:
@@ -228,7 +254,12 @@ def make_runtime(args, registry: Registry) -> Any:
 def load_graph(path_text: str, registry: Registry) -> Graph:
     path = Path(path_text)
     if not path.exists():
-        raise CliError(f"no such graph file: {path}")
+        from ipgraph.graphs import bundled
+
+        found = bundled().get(path.stem if path.suffix == ".json" and path.parent == Path(".") else path_text)
+        if found is None:
+            raise CliError(f"no such graph file: {path} (`ipgraph graphs` lists the bundled ones)")
+        path = found
     if path.suffix.lower() == ".png":
         from ipgraph.nodes.image.image_io import graph_from_png
 
