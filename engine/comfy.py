@@ -20,7 +20,7 @@ def is_comfy_api(doc: Any) -> bool:
 
 
 # Values the editor adds that are never inputs of the node (upload buttons, seed control combos).
-EDITOR_ONLY_INPUTS = ("upload", "control_after_generate")
+EDITOR_ONLY_INPUTS = ("upload", "choose file to upload", "control_after_generate")
 
 
 def from_comfy_api(prompt: dict, registry: Registry | None = None, warnings: list[str] | None = None) -> Graph:
