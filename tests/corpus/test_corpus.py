@@ -83,7 +83,7 @@ def _ui_types(workflow: dict) -> set[str]:
 def _needs(prompt: dict, registry, runtime) -> list[str]:
     """Why this prompt cannot run yet: node types, ComfyUI inputs or model files ipgraph does not have."""
     missing = []
-    for node_id, entry in prompt.items():
+    for entry in prompt.values():
         found = registry.comfy_class(entry["class_type"])
         if found is None:
             missing.append(f"needs node {entry['class_type']}")
