@@ -250,7 +250,8 @@ def comfy_router(state: State) -> APIRouter:
         if base is None:
             raise HTTPException(400, "type must be output, input or temp")
         try:
-            path = files.safe_join(base, subfolder, filename)
+            path = (files.input_image_path(base, subfolder, filename) if type == "input"
+                    else files.safe_join(base, subfolder, filename))
         except files.UnsafePath as exc:
             raise HTTPException(403, str(exc)) from None
         if not path.is_file():

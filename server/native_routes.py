@@ -17,7 +17,7 @@ from .responses import job_images, json_body
 from .state import State
 from .store import Job
 from .system_routes import model_kinds
-from .workflows import bundled_graphs
+from .workflows import bundled_graphs, to_ui_workflow
 
 
 def native_router(state: State) -> APIRouter:
@@ -46,6 +46,15 @@ def native_router(state: State) -> APIRouter:
     @r.get("/graphs", summary="Bundled example graphs")
     def graphs():
         return sorted(bundled_graphs(Path(state.config.graphs_dir)))
+
+    @r.get("/first_workflow", summary="The workflow a fresh editor opens (a bundled graph, editor format)")
+    def first_workflow():
+        name = state.config.first_workflow
+        path = bundled_graphs(Path(state.config.graphs_dir)).get(name)
+        if path is None:
+            raise HTTPException(404, f"the first workflow {name!r} is not among the bundled graphs")
+        graph = Graph.from_json(path.read_text(), state.registry)
+        return {"name": name, "workflow": to_ui_workflow(graph, state.runtime, name=name)}
 
     @r.get("/graphs/{name}")
     def graph(name: str):

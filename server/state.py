@@ -48,6 +48,7 @@ class ServerConfig:
     port: int = 8188
     token: str | None = None
     graphs_dir: Path = GRAPHS_DIR
+    first_workflow: str = "txt2img.json"  # what a fresh editor opens (one of the bundled graphs)
     max_upload_bytes: int = 32 * 1024 * 1024
     max_upload_pixels: int | None = None  # default: the runtime's max_pixels
     cache_bytes: int = 2 * 1024**3

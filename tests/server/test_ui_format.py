@@ -206,3 +206,34 @@ def test_prompt_route_warns_and_converts(fake_server):
     assert r.status_code == 200, r.text
     bad = c.post("/ipgraph/convert", json={"nodes": {}})
     assert bad.status_code == 400
+
+
+# -- the editor's first screen (server side; tests/server/test_browser.py drives the editor itself) ---------
+
+def test_first_screen_routes_assets_and_layout(real_server):
+    from pathlib import Path
+
+    from ipgraph.engine import Graph
+    from ipgraph.server.workflows import bundled_graphs, overlapping, to_ui_workflow
+
+    c = real_server.client()
+    assert c.get("/api/extensions").json() == ["/extensions/ipgraph/ipgraph.js"]
+    js = c.get("/extensions/ipgraph/ipgraph.js")
+    assert js.status_code == 200 and "registerExtension" in js.text and js.headers["content-type"].startswith(
+        "text/javascript")
+    assert c.get("/extensions/ipgraph/other.js").status_code == 404
+    first = c.get("/ipgraph/first_workflow").json()
+    assert first["name"] == "txt2img.json"
+    assert sorted(n["type"] for n in first["workflow"]["nodes"]) == sorted(
+        ["LoadCheckpoint", "CLIPTextEncode", "CLIPTextEncode", "EmptyLatentImage", "KSampler", "VAEDecode",
+         "SaveImage"])
+    # the images bundled graphs name are served and offered as inputs, as the run will read them
+    view = c.get("/api/view", params={"filename": "ipa_bear_ref.png", "type": "input"})
+    assert view.status_code == 200 and view.headers["content-type"] == "image/png"
+    choices = c.get("/api/object_info/LoadImage").json()["LoadImage"]["input"]["required"]["image"][0]
+    assert "ipa_bear_ref.png" in choices
+    # every bundled graph opens without overlapping nodes
+    state = real_server.state
+    for name, path in bundled_graphs(Path(state.config.graphs_dir)).items():
+        wf = to_ui_workflow(Graph.from_json(path.read_text(), state.registry), state.runtime, name=name)
+        assert overlapping(wf["nodes"]) == [], name
