@@ -112,15 +112,21 @@ def _ui_file(real_server, tmp_path) -> tuple[Path, set[str]]:
     from ipgraph.engine.comfy_ui import VIRTUAL_TYPES, widget_slots
     from ipgraph.server.workflows import to_ui_workflow
 
-    info = real_server.client().get("/api/object_info").json()
+    client = real_server.client()
+    info = client.get("/api/object_info").json()
     corpus = Path(__file__).resolve().parents[1] / "corpus" / "workflows"
-    chosen = None
+    candidates = []
     for path in sorted(corpus.glob("*.ui.json")):
         wf = json.loads(path.read_text())
         types = {n["type"] for n in wf["nodes"] if n["type"] not in VIRTUAL_TYPES}
-        if types <= set(info) and not any(n["type"] == "LoadImage" for n in wf["nodes"]):
-            chosen = wf
-            break
+        if not types <= set(info) or "LoadImage" in types:
+            continue
+        converted = client.post("/ipgraph/convert", json=wf)
+        if converted.status_code != 200 or converted.json()["warnings"]:
+            continue
+        if client.post("/ipgraph/validate", json={"graph": converted.json()["prompt"]}).json()["valid"]:
+            candidates.append((len(wf["nodes"]), path.name, wf))
+    chosen = min(candidates)[2] if candidates else None  # the smallest runnable ComfyUI workflow
     if chosen is None:
         graphs = Path(__file__).resolve().parents[2] / "graphs"
         graph = Graph.from_json((graphs / "txt2img.json").read_text(), real_server.state.registry)
