@@ -126,7 +126,8 @@ def to_ui_workflow(graph: Graph, runtime: Any = None, name: str = "") -> dict:
         node["pos"] = [col * (NODE_WIDTH + COLUMN_GAP), y]
         column_y[col] = y + node["size"][1] + ROW_GAP
 
-    _separate([nodes_out[n] for n in order])
+    saved = [n for n in order if isinstance(positions.get(n), (list, tuple)) and len(positions[n]) >= 2]
+    _separate([nodes_out[n] for n in saved], [nodes_out[n] for n in order if n not in saved])
     return {
         "id": str(uuid.uuid5(uuid.NAMESPACE_URL, "ipgraph:" + (name or json.dumps(graph.to_dict(), sort_keys=True)))),
         "revision": 0,
@@ -162,11 +163,13 @@ def overlapping(nodes: list[dict]) -> list[tuple[int, int]]:
     return [(a["id"], b["id"]) for i, a in enumerate(nodes) for b in nodes[i + 1:] if _overlap(a, b)]
 
 
-def _separate(nodes: list[dict]) -> None:
-    """Move nodes (in order) right or down, whichever is the shorter move, until no two overlap: saved
-    positions were made for other node sizes, and the editor draws nodes exactly at their ``pos``."""
+def _separate(saved: list[dict], laid_out: list[dict]) -> None:
+    """Move nodes right or down, whichever is the shorter move, until no two overlap: saved positions were
+    made for other node sizes, and the editor draws nodes exactly at their ``pos``. Nodes with a saved
+    position are placed first (left to right), the ones laid out here move around them."""
     placed: list[dict] = []
-    for node in sorted(nodes, key=lambda n: (n["pos"][0], n["pos"][1])):
+    nodes = sorted(saved, key=lambda n: (n["pos"][0], n["pos"][1])) + laid_out
+    for node in nodes:
         for _ in range(4 * len(nodes) + 4):
             hit = next((p for p in placed if _overlap(node, p)), None)
             if hit is None:
