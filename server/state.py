@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ipgraph.engine import Engine, Graph, Registry
-from ipgraph.engine.comfy import from_comfy_api, is_comfy_api, to_comfy_api
+from ipgraph.engine.comfy import graph_from_document, to_comfy_api
 from ipgraph.graphs import GRAPHS_DIR
 
 from .hub import Hub
@@ -48,6 +48,7 @@ class ServerConfig:
     port: int = 8188
     token: str | None = None
     graphs_dir: Path = GRAPHS_DIR
+    first_workflow: str = "txt2img.json"  # what a fresh editor opens (one of the bundled graphs)
     max_upload_bytes: int = 32 * 1024 * 1024
     max_upload_pixels: int | None = None  # default: the runtime's max_pixels
     cache_bytes: int = 2 * 1024**3
@@ -139,10 +140,15 @@ class State:
             log.exception("could not prepare tiny models")
 
     # -- graph intake -------------------------------------------------------------------------------
-    def parse_graph(self, doc: Any) -> Graph:
-        if is_comfy_api(doc):
-            return from_comfy_api(doc, self.registry)
-        return Graph.from_dict(doc, self.registry)
+    def parse_graph(self, doc: Any, warnings: list[str] | None = None) -> Graph:
+        """ipgraph/1, ComfyUI API format or a UI-format workflow; sentences about what was left out (unknown
+        inputs, unreadable widget values) go to ``warnings``."""
+        return graph_from_document(doc, self.registry, self.object_info, warnings)
+
+    def object_info(self) -> dict:
+        from .comfy_api import object_info
+
+        return object_info(self.registry, self.runtime)
 
     def submit(self, graph: Graph, *, outputs: list[str] | None, client_id: str | None, prompt: dict | None,
                extra_data: dict | None, front: bool = False, number: float | None = None,

@@ -233,10 +233,16 @@ def test_upload_view_and_path_safety(fake_server, tmp_path):
     assert r2.json()["name"] == "evil name (1).png"
     r3 = c.post("/upload/image", files={"image": ("evil name.png", png_bytes(), "image/png")})
     assert r3.json()["name"] == "evil name.png"
-    # a JPEG named .png is stored with its real extension
+    # the user's file name is kept (a workflow names it): only folder parts are taken out
     buf = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buf, format="JPEG")
-    assert c.post("/upload/image", files={"image": ("x.png", buf.getvalue(), "image/png")}).json()["name"] == "x.jpg"
+    assert c.post("/upload/image", files={"image": ("x.png", buf.getvalue(), "image/png")}).json()["name"] == "x.png"
+    assert c.post("/upload/image", files={"image": ("photo.jpeg", buf.getvalue(), "image/jpeg")}
+                  ).json()["name"] == "photo.jpeg"
+    assert c.post("/upload/image", files={"image": ("my photo+1 é.jpg", buf.getvalue(), "image/jpeg")}
+                  ).json()["name"] == "my photo+1 é.jpg"
+    assert c.post("/upload/image", files={"image": ("page.html", buf.getvalue(), "image/jpeg")}
+                  ).json()["name"] == "page.html.jpg"
     # the object_info combo lists uploaded images
     info = c.get("/api/object_info/LoadFakeImage").json()["LoadFakeImage"]["input"]["required"]["image"]
     assert "evil name.png" in info[0] and info[1]["image_upload"] is True
