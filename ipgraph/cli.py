@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=cmd_models_list)
 
     sub.add_parser("serve", help="run the HTTP/websocket server and the web editor (ipgraph serve --help)")
+    from ipgraph.nodes.training.cli import add_subcommands as add_training_subcommands
+
+    add_training_subcommands(sub)  # train ipadapter, convert ipadapter
     return parser
 
 
