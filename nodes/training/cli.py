@@ -46,6 +46,13 @@ def add_subcommands(sub) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=cmd_train_ipadapter)
 
+    tiny = train_sub.add_parser("tiny-dataset", help="write a small generated dataset (coloured shapes + captions)")
+    tiny.add_argument("folder", help="writes FOLDER/data.json and FOLDER/images/")
+    tiny.add_argument("--count", type=int, default=8)
+    tiny.add_argument("--size", type=int, default=64)
+    tiny.add_argument("--debug", action="store_true")
+    tiny.set_defaults(func=cmd_tiny_dataset)
+
     conv = sub.add_parser("convert", help="convert model files (ipgraph convert ipadapter --help)")
     conv_sub = conv.add_subparsers(dest="convert_command")
     conv.set_defaults(func=lambda _args: conv.print_help() or 2)
@@ -123,6 +130,14 @@ class _Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def cmd_tiny_dataset(args) -> int:
+    from .tinydata import make_tiny_dataset
+
+    data, images = make_tiny_dataset(args.folder, n=args.count, size=args.size)
+    print(f"{data} ({args.count} images in {images})")
+    return 0
 
 
 def cmd_convert_ipadapter(args) -> int:
