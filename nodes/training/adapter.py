@@ -10,6 +10,11 @@ layer splits them off again (the reference's ``IPAttnProcessor2_0``)::
 
     Z = softmax(Q K_text^T / sqrt(d)) V_text + scale · softmax(Q K_img^T / sqrt(d)) V_img
 
+One departure for SDXL plus (context width 2048): the tutorial script sizes the resampler with hidden width D
+and 12 heads, but the published h94 SDXL plus files use hidden width 1280 and 20 heads, and the ComfyUI
+IPAdapter_plus loader hard-codes exactly that for a 2048-wide context; ipgraph uses the published layout so the
+file loads there too (ipgraph's and diffusers' loaders read the sizes from the shapes either way).
+
 The processor is not a module: the UNet's state dict is unchanged, and ``installed`` restores the UNet's
 own processors afterwards, also when training fails or is cancelled.
 """
@@ -30,6 +35,7 @@ from .errors import TrainingError
 VARIANTS = ("base", "plus")
 DEFAULT_TOKENS = {"base": 4, "plus": 16}
 PLUS_DEPTH, PLUS_HEADS, PLUS_HEAD_DIM = 4, 12, 64
+SDXL_PLUS = (1280, 20)  # hidden width and heads of the h94 SDXL plus files (context width 2048)
 
 
 class IPAdapterModules(nn.Module):
@@ -47,7 +53,7 @@ class IPAdapterModules(nn.Module):
         self.to_v_ip = nn.ModuleList(_linear(w) for w in to_v_ip)
 
     @classmethod
-    def fresh(cls, unet, encoder, variant: str, num_tokens: int | None = None, plus_heads: int = PLUS_HEADS,
+    def fresh(cls, unet, encoder, variant: str, num_tokens: int | None = None, plus_heads: int | None = None,
               plus_depth: int = PLUS_DEPTH) -> IPAdapterModules:
         """New adapter for ``unet`` and ``encoder`` (a CLIPVisionModelWithProjection), under the caller's RNG."""
         from diffusers.models.embeddings import ImageProjection, IPAdapterPlusImageProjection
@@ -63,8 +69,9 @@ class IPAdapterModules(nn.Module):
             proj = ImageProjection(cross_attention_dim=dim, image_embed_dim=int(cfg.projection_dim),
                                    num_image_text_embeds=tokens)
         else:
-            proj = IPAdapterPlusImageProjection(embed_dims=int(cfg.hidden_size), output_dims=dim, hidden_dims=dim,
-                                                depth=plus_depth, dim_head=PLUS_HEAD_DIM, heads=plus_heads,
+            hidden, heads = SDXL_PLUS if dim == 2048 else (dim, PLUS_HEADS)
+            proj = IPAdapterPlusImageProjection(embed_dims=int(cfg.hidden_size), output_dims=dim, hidden_dims=hidden,
+                                                depth=plus_depth, dim_head=PLUS_HEAD_DIM, heads=plus_heads or heads,
                                                 num_queries=tokens, ffn_ratio=4)
         names = cross_attention_names(unet)
         ks = [unet.get_submodule(n[: -len(".processor")]).to_k.weight for n in names]

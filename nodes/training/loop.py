@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .adapter import PLUS_DEPTH, PLUS_HEADS, IPAdapterModules, installed
+from .adapter import PLUS_DEPTH, IPAdapterModules, installed
 from .cache import INPUTS, encode_pixels, image_embeddings, null_embed
 from .data import DROP_RATES, Record, clip_processor, draw_drops, open_rgb, tokenize, unet_pixels
 from .errors import TrainingError
@@ -56,7 +56,7 @@ class TrainConfig:
     seed: int = 0
     drop_rates: tuple[float, float, float] = DROP_RATES  # image, text, both
     num_tokens: int | None = None  # 4 (base) / 16 (plus)
-    plus_heads: int = PLUS_HEADS
+    plus_heads: int | None = None  # None: 12 (20 for an SDXL context of 2048, as h94's files)
     plus_depth: int = PLUS_DEPTH
     cache_embeds: bool = True  # encode every image once; False encodes each batch (the reference)
     cache_text: bool = True  # encode each distinct caption once (in memory)

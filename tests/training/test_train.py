@@ -102,3 +102,36 @@ def test_diffusers_loads_it_exactly_and_the_image_changes(run, models_dir, datas
                          low_cpu_mem_usage=False)
     init = generate()
     assert (trained - init).abs().max().item() > 1e-3
+
+
+def _pack_split(path):
+    """ComfyUI_IPAdapter_plus' ipadapter_model_loader for .safetensors: split on the two key prefixes."""
+    from safetensors.torch import load_file
+
+    model = {"image_proj": {}, "ip_adapter": {}}
+    for key, value in load_file(str(path)).items():
+        for part in model:
+            if key.startswith(part + "."):
+                model[part][key[len(part) + 1:]] = value
+    return model
+
+
+@pytest.mark.parametrize("variant", ["base", "plus"])
+def test_comfyui_pack_layout(variant, sd15, encoder, tmp_path):
+    """What the pack reads: layer 1's to_k_ip width as the context, 4 tokens from proj rows (base) or the
+    Resampler sized as it builds it (plus: hidden = context, 12 heads of 64, 16 queries, depth 4)."""
+    from ipgraph.nodes.training import IPAdapterModules
+
+    adapter = IPAdapterModules.fresh(sd15.unet, encoder[0], variant)
+    path = save_adapter(tmp_path / "a.safetensors", adapter.h94_state_dict(), {"variant": variant})
+    model = _pack_split(path)
+    dim = model["ip_adapter"]["1.to_k_ip.weight"].shape[1]
+    assert dim == sd15.unet.config.cross_attention_dim and len(model["ip_adapter"]) == 32
+    proj = model["image_proj"]
+    if variant == "base":
+        assert proj["proj.weight"].shape == (4 * dim, encoder[0].config.projection_dim)
+    else:
+        assert proj["latents"].shape == (1, 16, dim)
+        assert proj["layers.0.0.to_q.weight"].shape == (12 * 64, dim)
+        assert proj["proj_in.weight"].shape == (dim, encoder[0].config.hidden_size)
+        assert len({k.split(".")[1] for k in proj if k.startswith("layers.")}) == 4
