@@ -106,12 +106,14 @@ def make_accelerator(mixed_precision: str, grad_accum: int, cpu: bool):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
+    kw = dict(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=cpu,
+              device_placement=False)  # the models already sit on the training device (cuda:1 included)
     try:
-        return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=cpu)
+        return Accelerator(**kw)
     except ValueError:
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
-        return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum, cpu=cpu)
+        return Accelerator(**kw)
 
 
 class Trainer:
