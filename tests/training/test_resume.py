@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 
 
 def _config(steps):
-    return TrainConfig(steps=steps, batch_size=3, lr=1e-3, resolution=64, seed=3, grad_accum=2)
+    return TrainConfig(steps=steps, batch_size=3, lr=1e-3, resolution=64, seed=3)
 
 
 def test_resume_replays_the_straight_run(sd15, encoder, records, tmp_path):
@@ -34,3 +34,12 @@ def test_resume_replays_the_straight_run(sd15, encoder, records, tmp_path):
     # and it really trained: the weights moved from the initial ones
     init = Trainer(sd15, enc, records, _config(20), encoder_source=enc_path).adapter_module.h94_state_dict()
     assert max((a[k] - init[k]).abs().max().item() for k in a) > 1e-4
+
+
+def test_gradient_accumulation_steps_once_per_update(sd15, encoder, records):
+    enc, enc_path = encoder
+    trainer = Trainer(sd15, enc, records, TrainConfig(steps=2, batch_size=1, resolution=64, grad_accum=3),
+                      encoder_source=enc_path)
+    trainer.train()
+    steps = {int(s["step"]) for s in trainer.optimizer.state_dict()["state"].values()}
+    assert trainer.step == 2 and len(trainer.losses) == 2 and steps == {2}  # 6 micro-batches, 2 AdamW updates
