@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     graphs.set_defaults(func=cmd_graphs)
 
     sub.add_parser("serve", help="run the HTTP/websocket server and the web editor (ipgraph serve --help)")
+    from ipgraph.nodes.training.cli import add_subcommands as add_training_subcommands
+
+    add_training_subcommands(sub)  # train ipadapter, convert ipadapter
     return parser
 
 
@@ -271,7 +274,7 @@ def load_document(path: Path) -> Any:
     if not path.exists():
         from ipgraph.graphs import bundled
 
-        found = bundled().get(path.stem if path.suffix == ".json" and path.parent == Path(".") else path_text)
+        found = bundled().get(path.stem if path.suffix == ".json" and path.parent == Path(".") else str(path))
         if found is None:
             raise CliError(f"no such graph file: {path} (`ipgraph graphs` lists the bundled ones)")
         path = found

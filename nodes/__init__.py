@@ -13,6 +13,7 @@ from .diffusion import conditioning, inpaint, latent, loaders, sampling  # noqa:
 from .image import image_io, image_ops, mask  # noqa: F401
 from .ipadapter import clip_vision, embeds  # noqa: F401
 from .ipadapter import nodes as _ipadapter  # noqa: F401
+from .training import nodes as _training  # noqa: F401
 
 # isort: split
 # last: it registers SaveImageWebsocket only when no family above already did
