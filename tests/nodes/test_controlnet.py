@@ -63,7 +63,7 @@ def run(engine, graph):
 
 
 def hint_of(result, which):
-    image = result.outputs["canny"].image if which == "canny" else result.outputs["scale"].image
+    image = result.outputs["canny"].image if which == "canny" else result.outputs["scale"].IMAGE
     return image.permute(0, 3, 1, 2).contiguous()
 
 
@@ -169,7 +169,7 @@ def test_controlnet_sees_text_only_and_its_processors_stay_untouched(engine, mod
     handle = net.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         sample(model.with_patch(patch), result.outputs["apply0"].positive, result.outputs["apply0"].negative,
-               result.outputs["lat"].latent, seed=7, steps=2, cfg=7.0, sampler="euler", schedule="normal",
+               result.outputs["lat"].LATENT, seed=7, steps=2, cfg=7.0, sampler="euler", schedule="normal",
                denoise=1.0, device="cpu", dtype=torch.float32)
     finally:
         handle.remove()
@@ -179,8 +179,8 @@ def test_controlnet_sees_text_only_and_its_processors_stay_untouched(engine, mod
 
 def test_conditioning_is_not_mutated_and_zero_strength_passes_through(engine):
     result = run(engine, cn_graph(controls=((CN15, 0.0, 0.0, 1.0, "canny"), (CN15, 1.0, 0.0, 1.0, "canny"))))
-    assert result.outputs["apply0"].positive is result.outputs["pos"].conditioning
-    assert result.outputs["pos"].conditioning.controls == ()
+    assert result.outputs["apply0"].positive is result.outputs["pos"].CONDITIONING
+    assert result.outputs["pos"].CONDITIONING.controls == ()
     assert len(result.outputs["apply1"].positive.controls) == 1
     assert result.outputs["apply1"].positive.controls[0] is result.outputs["apply1"].negative.controls[0]
 
@@ -195,9 +195,9 @@ def test_mask_of_ones_is_no_mask_and_zeros_is_no_control(engine):
     for value, want in ((1.0, base), (0.0, plain)):
         masked = type(control)(control.handle, control.hint, control.strength, control.start, control.end,
                                torch.full((1, 32, 32), value))  # another size than the image: resized
-        pos = result.outputs["pos"].conditioning.with_control(masked)
-        neg = result.outputs["neg"].conditioning.with_control(masked)
-        got = sample(result.outputs["ckpt"].model, pos, neg, result.outputs["lat"].latent, seed=7, steps=3, cfg=7.0,
+        pos = result.outputs["pos"].CONDITIONING.with_control(masked)
+        neg = result.outputs["neg"].CONDITIONING.with_control(masked)
+        got = sample(result.outputs["ckpt"].model, pos, neg, result.outputs["lat"].LATENT, seed=7, steps=3, cfg=7.0,
                      sampler="euler", schedule="normal", denoise=1.0, device="cpu", dtype=torch.float32)
         assert max_diff(got, want) <= 1e-6
 
