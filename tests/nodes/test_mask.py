@@ -301,10 +301,10 @@ def test_load_image_mask_channels_and_missing_file(engine, runtime):
     for ch in ("alpha", "red", "green", "blue"):
         g.add("LoadImageMask", id=ch, image="px.png", channel=ch)
     r = engine.run(g, outputs=["alpha", "red", "green", "blue"])
-    assert torch.allclose(r.outputs["alpha"].mask, t([[1.0, 0.0]]))
+    assert torch.allclose(r.outputs["alpha"].MASK, t([[1.0, 0.0]]))
     assert torch.allclose(r.outputs["red"].MASK, t([[1.0, 0.0]]))
-    assert torch.allclose(r.outputs["green"].mask, t([[0.0, 0.4]]))
-    assert torch.allclose(r.outputs["blue"].mask, t([[0.2, 0.0]]))
+    assert torch.allclose(r.outputs["green"].MASK, t([[0.0, 0.4]]))
+    assert torch.allclose(r.outputs["blue"].MASK, t([[0.2, 0.0]]))
     Image.fromarray(np.array([[0, 65535, 32896]], np.uint16)).save(runtime.input_dir / "g16.png")  # 16-bit grey
     g16 = Graph()
     g16.add("LoadImageMask", id="g", image="g16.png", channel="red")
