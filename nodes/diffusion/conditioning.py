@@ -149,7 +149,7 @@ def encode_text(clip: ClipHandle, text: str | tuple[str, ...], device: torch.dev
         if clip.arch != SDXL:
             if layer is None or layer == -1 or abs(layer) > layers:
                 return out[0], None
-            norm = encoder.text_model.final_layer_norm
+            norm = getattr(encoder, "text_model", encoder).final_layer_norm  # transformers 5 flattened it
             return norm(out.hidden_states[layer]), None
         if out[0].ndim == 2:
             pooled = out[0]
