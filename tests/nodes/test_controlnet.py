@@ -105,7 +105,7 @@ def test_original_layout_uses_real_key_names(models_dir):
 def test_single_controlnet_matches_diffusers(engine, controls, steps):
     result = run(engine, cn_graph(controls=controls, steps=steps))
     (name, strength, start, end, hint), = controls
-    net = result.outputs["cn0"].control_net.net
+    net = result.outputs["cn0"].CONTROL_NET.net
     expected = sd15_pipe(result, [net])(
         PROMPT, image=hint_of(result, hint), negative_prompt=NEGATIVE, height=64, width=64,
         num_inference_steps=steps, guidance_scale=7.0, controlnet_conditioning_scale=strength,
@@ -120,7 +120,7 @@ def test_single_controlnet_matches_diffusers(engine, controls, steps):
 def test_multi_controlnet_matches_diffusers(engine):
     controls = ((CN15, 0.7, 0.0, 0.6, "canny"), (CN15_DIFFUSERS, 0.5, 0.3, 1.0, "scene"))
     result = run(engine, cn_graph(controls=controls, steps=8, batch=2))
-    nets = [result.outputs[f"cn{i}"].control_net.net for i in range(2)]
+    nets = [result.outputs[f"cn{i}"].CONTROL_NET.net for i in range(2)]
     expected = sd15_pipe(result, nets)(
         PROMPT, image=[hint_of(result, c[4]) for c in controls], negative_prompt=NEGATIVE, height=64, width=64,
         num_inference_steps=8, guidance_scale=7.0, num_images_per_prompt=2,
@@ -136,7 +136,7 @@ def test_sdxl_controlnet_matches_diffusers(engine):
     pipe = StableDiffusionXLControlNetPipeline(
         vae=vae.vae, text_encoder=clip.text_encoders[0], text_encoder_2=clip.text_encoders[1],
         tokenizer=clip.tokenizers[0], tokenizer_2=clip.tokenizers[1], unet=model.unet,
-        controlnet=result.outputs["cn0"].control_net.net,
+        controlnet=result.outputs["cn0"].CONTROL_NET.net,
         scheduler=EulerDiscreteScheduler.from_config(model.scheduler_config))
     expected = pipe(PROMPT, image=hint_of(result, "canny"), negative_prompt=NEGATIVE, height=64, width=64,
                     num_inference_steps=6, guidance_scale=7.0, controlnet_conditioning_scale=0.9,
@@ -152,7 +152,7 @@ def test_controlnet_sees_text_only_and_its_processors_stay_untouched(engine, mod
     from ipgraph.nodes.ipadapter import IPAdapterPatch, load_ipadapter
 
     result = run(engine, cn_graph(steps=2))
-    net = result.outputs["cn0"].control_net.net
+    net = result.outputs["cn0"].CONTROL_NET.net
     model = result.outputs["ckpt"].model
     adapter = load_ipadapter(models_dir / "ipadapter" / "tiny-ip-adapter_sd15.safetensors")
     patch = IPAdapterPatch(adapter, adapter.project(torch.randn(1, 32, generator=torch.Generator().manual_seed(0))),
