@@ -263,8 +263,8 @@ def test_image_scale_center_crop():
 def test_demo_graphs_run(engine, name):
     graph = Graph.from_json((GRAPHS / name).read_text())
     result = engine.run(graph)
-    images = [v for v in result.outputs.values() if hasattr(v, "images")]
-    assert images and images[0].images.shape[-1] == 3
+    images = [v.IMAGE for v in result.outputs.values() if hasattr(v, "IMAGE")]  # decoded (VAEDecode)
+    assert images and images[-1].shape[-1] == 3 and any(ui.get("images") for ui in result.ui.values())
 
 
 def test_comfyui_api_workflow_imports_and_runs(engine):
@@ -301,8 +301,8 @@ def test_controlnet_and_ipadapter_both_act_in_the_demo_graph(engine):
         if model:
             g.set("sampler", "model", Link(*model))
         if cond:
-            g.set("sampler", "positive", Link(cond[0], "conditioning"))
-            g.set("sampler", "negative", Link(cond[1], "conditioning"))
+            g.set("sampler", "positive", Link(cond[0], "CONDITIONING"))
+            g.set("sampler", "negative", Link(cond[1], "CONDITIONING"))
         return engine.run(g, outputs=["sampler"]).outputs["sampler"].latent.samples
 
     both = latents()
