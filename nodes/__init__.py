@@ -3,11 +3,13 @@
 Layout: ``core/`` is what every family uses (runtime, model manager, value types, shared widgets and checks);
 ``models/`` the model file formats several families read (single-file checkpoints, tokenizer); ``tiny/`` every
 bundled tiny model. Each family is one package holding its nodes next to the model code they need:
-``diffusion/`` (checkpoints, text encoding, sampling, latents, inpainting), ``image/`` (image files, image and
+``comfy/`` (ComfyUI core nodes that are thin adapters), ``diffusion/`` (checkpoints, text encoding, sampling,
+latents, inpainting), ``image/`` (image files, image and
 mask operations), ``ipadapter/`` (CLIP vision, IP-Adapter, image embeddings), ``controlnet/``. A new family
 (ComfyUI compatibility, LoRA, FaceID, AnimateDiff, training) is a new package here plus one import below.
 """
 
+from . import comfy  # noqa: F401
 from .controlnet import nodes as _controlnet  # noqa: F401
 from .diffusion import conditioning, inpaint, latent, loaders, sampling  # noqa: F401
 from .image import image_io, image_ops, mask  # noqa: F401

@@ -46,12 +46,20 @@ class ModelHandle:
 
 @dataclass(frozen=True, eq=False)
 class ClipHandle:
-    """Text encoder(s) and tokenizer(s): one pair for SD1.5, two for SDXL."""
+    """Text encoder(s) and tokenizer(s): one pair for SD1.5, two for SDXL.
+
+    ``layer`` is ComfyUI's ``stop_at_clip_layer`` set by CLIPSetLastLayer (-1 = the last layer, -2 the one
+    before, ...); None means the architecture's default (SD1.5: last, SDXL: penultimate), as ComfyUI.
+    """
 
     text_encoders: tuple
     tokenizers: tuple
     arch: str
     source: str
+    layer: int | None = None
+
+    def with_layer(self, layer: int) -> ClipHandle:
+        return replace(self, layer=layer)
 
     def cache_nbytes(self) -> int:
         return 0

@@ -2,7 +2,7 @@
 
 They are random-weight models in the real architectures and file formats, loaded through exactly the code
 path real files take: ``sd`` (SD1.5 / SDXL checkpoints, VAEs, diffusers folders), ``ipadapter`` (CLIP vision
-encoders, h94 IP-Adapter files), ``controlnet`` (original-layout files and diffusers folders). ``common``
+encoders, h94 IP-Adapter files), ``controlnet`` (original-layout files and diffusers folders), ``upscale`` (a Real-ESRGAN x4 .pth). ``common``
 holds what the writers share. New families add their writer here and a line to :func:`write_all`.
 """
 
@@ -19,6 +19,7 @@ def write_all(models_dir: Path) -> list[Path]:
     from .controlnet import write_tiny_controlnets
     from .ipadapter import write_tiny_clip_vision, write_tiny_ipadapters
     from .sd import build_tiny, ensure_tiny_models
+    from .upscale import write_tiny_upscale_models
 
     with _lock:
         paths = list(ensure_tiny_models(models_dir).values())
@@ -26,6 +27,7 @@ def write_all(models_dir: Path) -> list[Path]:
         unets = {"sd15": build_tiny("sd15")["unet"], "sdxl": build_tiny("sdxl")["unet"]}
         paths += list(write_tiny_ipadapters(models_dir, unets).values())
         paths += list(write_tiny_controlnets(models_dir).values())
+        paths += list(write_tiny_upscale_models(models_dir).values())
     return paths
 
 

@@ -104,7 +104,7 @@ def test_load_image_gives_image_and_mask_from_alpha(engine, runtime):
     g = Graph()
     g.add("LoadImage", id="img", image="rgba.png")
     r = engine.run(g, outputs=["img"])
-    image, mask = r.outputs["img"].image, r.outputs["img"].mask
+    image, mask = r.outputs["img"].IMAGE, r.outputs["img"].MASK
     assert image.shape == (1, 8, 16, 3) and mask.shape == (1, 8, 16)
     assert mask[0, 2, 3] == 1.0 and mask.sum() == 1.0 and image[0, 0, 0].tolist() == [1.0, 0.0, 0.0]
 

@@ -173,8 +173,8 @@ def test_bad_masks_and_images_give_clear_errors(engine, caplog):
 
     r = engine.run(ip_graph(weight=0.5), outputs=["apply", "pos", "neg", "lat"])
     o = r.outputs
-    base = dict(model=o["ckpt"].model, ipadapter=o["ipa"].ipadapter, clip_vision=o["cv"].clip_vision,
-                image=o["ref"].image)
+    base = dict(model=o["ckpt"].model, ipadapter=o["ipa"].ipadapter, clip_vision=o["cv"].CLIP_VISION,
+                image=o["ref"].IMAGE)
 
     class Ctx:
         resources = engine.resources
@@ -190,11 +190,11 @@ def test_bad_masks_and_images_give_clear_errors(engine, caplog):
         run(embeds=object())
     # a wide mask on a square image: resized (stretched) with a log note
     wide = run(attn_mask=torch.ones(1, 32, 96)).model
-    lat = o["lat"].latent
+    lat = o["lat"].LATENT
     from ipgraph.nodes.diffusion.sampling import sample
 
     with caplog.at_level(logging.INFO, logger="ipgraph.nodes.ipadapter.attention"):
-        sample(wide, o["pos"].conditioning, o["neg"].conditioning, lat, seed=1, steps=1, cfg=5.0, sampler="euler",
+        sample(wide, o["pos"].CONDITIONING, o["neg"].CONDITIONING, lat, seed=1, steps=1, cfg=5.0, sampler="euler",
                schedule="normal", denoise=1.0, device="cpu", dtype=torch.float32)
     assert any("stretched" in rec.message for rec in caplog.records)
 
@@ -213,8 +213,8 @@ def test_negative_image_replaces_the_default_negative(engine):
     default = engine.run(ip_graph(weight=0.5), outputs=["apply"]).outputs
     (p_neg,), (p_def,) = with_neg["apply"].model.patches, default["apply"].model.patches
     assert torch.equal(p_neg.cond_tokens, p_def.cond_tokens)
-    adapter, cv = with_neg["ipa"].ipadapter, with_neg["cv"].clip_vision
-    expected = adapter.project(cv.encode_images(with_neg["negimg"].image)[0])
+    adapter, cv = with_neg["ipa"].ipadapter, with_neg["cv"].CLIP_VISION
+    expected = adapter.project(cv.encode_images(with_neg["negimg"].IMAGE)[0])
     assert torch.allclose(p_neg.uncond_tokens, expected, atol=1e-6)
     assert torch.allclose(p_def.uncond_tokens, adapter.project(torch.zeros(1, 32)), atol=1e-6)
 

@@ -131,7 +131,7 @@ def test_masked_adapters_match_diffusers_ip_adapter_masks(engine, models_dir):
     result = engine.run(graph("sd15", applies))
     got = result.outputs["ks"].latent.samples
     # diffusers' processor on the same mask pictures (L images, white = where the face goes)
-    ours_masks = [result.outputs[f"mask{i}"].mask for i in (0, 1)]
+    ours_masks = [result.outputs[f"mask{i}"].MASK for i in (0, 1)]
     pictures = [Image.fromarray((m[0].numpy() * 255).astype("uint8"), "L") for m in ours_masks]
     masks = IPAdapterMaskProcessor().preprocess(pictures, height=64, width=64)
     assert torch.equal(masks[:, 0], torch.cat(ours_masks))  # binary masks: the same numbers on both sides

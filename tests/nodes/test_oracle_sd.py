@@ -123,7 +123,7 @@ def test_sd15_no_guidance_matches_diffusers(engine):
 
 def test_sd15_img2img_matches_diffusers(engine):
     result = engine.run(txt2img_graph("tiny-sd15.safetensors", init_latent=True, denoise=0.6, steps=10))
-    init = result.outputs["enc"].latent.samples
+    init = result.outputs["enc"].LATENT.samples
     assert init.shape == (1, 4, 8, 8)
     pipe = sd15_pipeline(result, StableDiffusionImg2ImgPipeline)
     expected = pipe(PROMPT, image=init, strength=0.6, negative_prompt=NEGATIVE, num_inference_steps=10,
@@ -134,9 +134,9 @@ def test_sd15_img2img_matches_diffusers(engine):
 def test_vae_encode_is_the_latent_mean(engine):
     result = engine.run(txt2img_graph("tiny-sd15.safetensors", init_latent=True, denoise=0.5))
     vae = result.outputs["ckpt"].vae
-    pixels = result.outputs["img"].image.permute(0, 3, 1, 2) * 2 - 1
+    pixels = result.outputs["img"].IMAGE.permute(0, 3, 1, 2) * 2 - 1
     expected = vae.vae.encode(pixels).latent_dist.mode() * vae.vae.config.scaling_factor
-    assert max_diff(result.outputs["enc"].latent.samples, expected) <= 1e-6
+    assert max_diff(result.outputs["enc"].LATENT.samples, expected) <= 1e-6
 
 
 def test_vae_decode_matches_diffusers_postprocess(engine):
@@ -145,7 +145,7 @@ def test_vae_decode_matches_diffusers_postprocess(engine):
     latents = result.outputs["ks"].latent.samples
     decoded = vae.decode(latents / vae.config.scaling_factor).sample
     expected = (decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
-    assert max_diff(result.outputs["dec"].image, expected) <= 1e-6
+    assert max_diff(result.outputs["dec"].IMAGE, expected) <= 1e-6
 
 
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
@@ -161,7 +161,7 @@ def test_sdxl_txt2img_matches_diffusers(engine, sampler):
 def test_sdxl_img2img_matches_diffusers(engine):
     result = engine.run(txt2img_graph("tiny-sdxl.safetensors", init_latent=True, denoise=0.7, steps=10))
     pipe = sdxl_pipeline(result, StableDiffusionXLImg2ImgPipeline)
-    expected = pipe(PROMPT, image=result.outputs["enc"].latent.samples, strength=0.7, negative_prompt=NEGATIVE,
+    expected = pipe(PROMPT, image=result.outputs["enc"].LATENT.samples, strength=0.7, negative_prompt=NEGATIVE,
                     num_inference_steps=10, guidance_scale=7.0, generator=torch.Generator("cpu").manual_seed(7),
                     output_type="latent").images
     assert max_diff(result.outputs["ks"].latent.samples, expected) <= TOL
@@ -171,8 +171,8 @@ def test_sdxl_size_conditioning_matches_diffusers(engine):
     g = Graph()
     ck = g.add("LoadCheckpoint", id="ckpt", name="tiny-sdxl.safetensors")
     sizes = dict(width=1024, height=768, crop_w=8, crop_h=16, target_width=64, target_height=96)
-    pos = g.add("CLIPTextEncodeSDXL", id="pos", clip=ck.clip, text=PROMPT, **sizes)
-    neg = g.add("CLIPTextEncodeSDXL", id="neg", clip=ck.clip, text=NEGATIVE, **sizes)
+    pos = g.add("CLIPTextEncodeSDXL", id="pos", clip=ck.clip, text_g=PROMPT, text_l=PROMPT, **sizes)
+    neg = g.add("CLIPTextEncodeSDXL", id="neg", clip=ck.clip, text_g=NEGATIVE, text_l=NEGATIVE, **sizes)
     lat = g.add("EmptyLatentImage", id="lat", width=64, height=96)
     g.add("KSampler", id="ks", model=ck.model, positive=pos.conditioning, negative=neg.conditioning,
           latent_image=lat.latent, seed=7, steps=6, cfg=7.0)
