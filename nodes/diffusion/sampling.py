@@ -6,7 +6,9 @@ one of two ways (``samplers.py`` says which pairs go where):
 - **diffusers**: step for step the loop of diffusers' Stable Diffusion pipelines (txt2img, img2img, the
   4-channel inpaint blend), so the latents equal the pipelines' for the same weights, scheduler, seed and
   settings (the oracle tests prove it). A schedule part ``[start, end)`` of ``total`` steps runs the
-  scheduler's timesteps from index ``start`` (as img2img does) and stops at ``end``; a latent returned with
+  scheduler's timesteps from index ``start`` (as img2img does) and stops at ``end``. A run from the first
+  step starts from ``noise * init_noise_sigma`` alone (the input latent only gives the size, as in the
+  pipelines; ComfyUI adds the latent to the noise). A latent returned with
   leftover noise (and one read back without added noise) is in ComfyUI's convention ``x = x0 + sigma * eps``
   (VP schedulers' samples are rescaled by ``sqrt(alphas_cumprod)`` on the way out and in).
 - **k-diffusion**: ComfyUI's sampling on sigmas: ``x = latent + noise * sigma_0`` (``sqrt(1 + sigma_0^2)``
@@ -240,8 +242,8 @@ def _run_diffusers(model, guidance, latent, init, noise, sampler, plan: Plan, ms
     into = math.sqrt(alpha_bar(timesteps[0])) if vp else 1.0  # a VE latent in this scheduler's sample space
     if noise is None:
         latents = init * into
-    elif start == 0:
-        latents = noise * scheduler.init_noise_sigma + init * into
+    elif start == 0:  # diffusers' pipelines: at full denoise the input latent only gives the size
+        latents = noise * scheduler.init_noise_sigma
     else:
         latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(init.shape[0]))
     blend_mask = None
