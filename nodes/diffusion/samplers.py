@@ -18,10 +18,12 @@ ModelSamplingDiscrete): ``sigmas[t] = sqrt((1 - alphas_cumprod[t]) / alphas_cump
 
 from __future__ import annotations
 
+import copy
 import inspect
+import json
 import math
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Literal, get_args
 
 import diffusers
@@ -113,9 +115,17 @@ def make_scheduler(sampler: str, schedule: str, config: dict, extra: dict | None
     overrides = diffusers_overrides(sampler, schedule)
     if overrides is None:
         raise ValueError(f"diffusers has no scheduler for sampler {sampler!r} with schedule {schedule!r}")
-    keys = _class_config_keys(SAMPLERS[canonical(sampler)].diffusers)
+    class_name = SAMPLERS[canonical(sampler)].diffusers
+    keys = _class_config_keys(class_name)
     overrides |= {k: v for k, v in (extra or {}).items() if k in keys}
-    return getattr(diffusers, SAMPLERS[canonical(sampler)].diffusers).from_config(config, **overrides)
+    merged = {k: v for k, v in dict(config).items() if not k.startswith("_")} | overrides
+    return copy.deepcopy(_prototype(class_name, json.dumps(merged, sort_keys=True, default=str)))
+
+
+@lru_cache(maxsize=64)
+def _prototype(class_name: str, config_json: str):
+    """Built once per configuration (some schedulers spend a second in __init__); callers get a deep copy."""
+    return getattr(diffusers, class_name).from_config(json.loads(config_json))
 
 
 def step_kwargs(scheduler, generator, eta: float = 0.0) -> dict:

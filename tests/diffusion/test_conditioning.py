@@ -68,12 +68,13 @@ def test_area_mask_and_range_nodes_set_comfyui_fields():
 
 
 def test_area_weight_is_feathered_at_inner_edges():
-    entry = CondEntry(torch.zeros(1, 1, 1), area=(10, 12, 3, 0), strength=2.0)
-    w = weight(entry, entry.area, None, 1, 1, 16, 16)[0, 0]
-    assert w.shape == (10, 12)
-    assert torch.allclose(w[:, 5][:8], torch.tensor([1, 2, 3, 4, 5, 6, 7, 8]) / 8 * 2.0)  # top edge y=3 > 0
-    assert torch.allclose(w[5, :4], torch.full((4,), 2.0))  # left edge is the image edge: no fade
-    assert torch.allclose(w[5, -1], torch.tensor(2.0 / 8))  # right edge x=12 < 16 fades to 1/8
+    entry = CondEntry(torch.zeros(1, 1, 1), area=(28, 20, 4, 0), strength=2.0)  # down to the bottom edge
+    w = weight(entry, entry.area, None, 1, 1, 32, 32)[0, 0]
+    assert w.shape == (28, 20)
+    ramp = torch.arange(1, 9) / 8 * 2.0
+    assert torch.allclose(w[:8, 2], ramp)  # top edge (y = 4 > 0) fades in over 8 rows
+    assert torch.allclose(w[8:, 2], torch.full((20,), 2.0))  # bottom and left are image edges: no fade
+    assert torch.allclose(w[12, 12:], ramp.flip(0))  # right edge (x = 20 < 32) fades out
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +156,7 @@ def test_general_path_equals_the_batched_pipeline_path(sd15):
     plain, _ = _guide(model, a, n, 7.0, x)
     whole = Conditioning(entries=(a.entries[0].replace(area=(8, 8, 0, 0)),))
     general, _ = _guide(model, whole, n, 7.0, x)
-    assert (plain - general).abs().max() <= TOL
+    assert (plain - general).abs().max() <= 1e-4  # two UNet calls round unlike one batch; cfg 7 amplifies
 
 
 def test_sdxl_style_graph_with_zero_out_and_combined_areas_runs(sd15):
@@ -164,10 +165,10 @@ def test_sdxl_style_graph_with_zero_out_and_combined_areas_runs(sd15):
     ck = g.add("LoadCheckpoint", id="ckpt", name="tiny-sd15.safetensors")
     a = g.add("CLIPTextEncode", id="a", clip=ck.clip, text="a bear").conditioning
     b = g.add("CLIPTextEncode", id="b", clip=ck.clip, text="a forest").conditioning
-    left = g.add("ConditioningSetArea", id="left", conditioning=b, width=32, height=64, x=0, y=0, strength=1.0)
+    left = g.add("ConditioningSetArea", id="left", conditioning=b, width=64, height=64, x=0, y=0, strength=1.0)
     pos = g.add("ConditioningCombine", id="pos", conditioning_1=a, conditioning_2=left.CONDITIONING)
     neg = g.add("ConditioningZeroOut", id="neg", conditioning=a)
-    lat = g.add("EmptyLatentImage", id="lat", width=64, height=64).latent
+    lat = g.add("EmptyLatentImage", id="lat", width=128, height=64).latent  # the area: its left half
     g.add("KSampler", id="ks", model=ck.model, seed=1, steps=3, cfg=5.0, sampler_name="euler", scheduler="normal",
           positive=pos.CONDITIONING, negative=neg.CONDITIONING, latent_image=lat)
     g.add("KSampler", id="plain", model=ck.model, seed=1, steps=3, cfg=5.0, sampler_name="euler",

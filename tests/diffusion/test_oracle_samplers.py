@@ -102,13 +102,13 @@ def test_every_diffusers_pair_matches_the_pipeline(sd15, capsys):
                                                                             **options, **extra)
                 expected_cache[key] = pipe(
                     prompt_embeds=pos.embeds, negative_prompt_embeds=neg.embeds, height=64, width=64,
-                    num_inference_steps=3, guidance_scale=7.0, generator=torch.Generator("cpu").manual_seed(7),
+                    num_inference_steps=2, guidance_scale=7.0, generator=torch.Generator("cpu").manual_seed(7),
                     output_type="latent").images
-            got = run_sampling(ck.model, pos, neg, latent, cfg=7.0, sampler=sampler, plan=Plan(schedule, 3), seed=7,
+            got = run_sampling(ck.model, pos, neg, latent, cfg=7.0, sampler=sampler, plan=Plan(schedule, 2), seed=7,
                                device="cpu", dtype=torch.float32).samples
             table.append((sampler, schedule, max_diff(got, expected_cache[key])))
     with capsys.disabled():
-        print("\nsampler/scheduler max |ipgraph - diffusers| on latents (3 steps, 64 px):")
+        print("\nsampler/scheduler max |ipgraph - diffusers| on latents (2 steps, 64 px):")
         for sampler, schedule, diff in table:
             print(f"  {sampler:16s} {schedule:13s} {diff:.2e}")
     assert len(table) >= 85
@@ -186,7 +186,9 @@ def test_every_kdiffusion_sampler_runs_on_karras_sigmas(sd15):
                            plan=sigmas, seed=3, device="cpu", dtype=torch.float32)
         assert torch.isfinite(got.samples).all(), sampler
         results[sampler] = got.samples
-    names = list(results)
+    # DDPM's ancestral step is euler_ancestral's (eta 1) rewritten in VP space: the same numbers
+    assert max_diff(results["ddpm"], results["euler_ancestral"]) <= TOL
+    names = [n for n in results if n != "ddpm"]
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            assert max_diff(results[a], results[b]) > 1e-4, (a, b)
+            assert max_diff(results[a], results[b]) > 1e-3, (a, b)
