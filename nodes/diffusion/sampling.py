@@ -210,8 +210,8 @@ def _run_kdiffusion(guidance, latent, init, noise, sampler, sigmas, ms, seed, st
             on_step(i + 1, state.total_steps, denoised)
 
     state.step = 0
-    draw = kdiffusion.noise_source(tuple(init.shape), seed, init.dtype)
-    noise_fn = lambda: draw().to(device)  # noqa: E731
+    draw = kdiffusion.noise_source(tuple(init.shape), seed)  # float32 on the CPU, as ComfyUI's
+    noise_fn = lambda: draw().to(device=device, dtype=init.dtype)  # noqa: E731
     x = kdiffusion.SAMPLERS[name](denoise, x, sigmas, noise_fn, callback)
     if mask is not None:
         x = x * mask + init * (1 - mask)

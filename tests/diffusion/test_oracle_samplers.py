@@ -111,7 +111,7 @@ def test_every_diffusers_pair_matches_the_pipeline(sd15, capsys):
         print("\nsampler/scheduler max |ipgraph - diffusers| on latents (2 steps, 64 px):")
         for sampler, schedule, diff in table:
             print(f"  {sampler:16s} {schedule:13s} {diff:.2e}")
-    assert len(table) >= 85
+    assert len(table) == 90
     assert all(diff <= TOL for _, _, diff in table), [t for t in table if t[2] > TOL]
 
 
