@@ -176,3 +176,30 @@ def test_sdxl_style_graph_with_zero_out_and_combined_areas_runs(sd15):
     out = engine.run(g, outputs=["ks", "plain"]).outputs
     got, plain = out["ks"].LATENT.samples, out["plain"].LATENT.samples
     assert torch.isfinite(got).all() and (got - plain).abs().max() > 1e-3
+
+
+def test_controlnet_acts_on_area_entries(sd15):
+    """ControlNetApply on a combined, area-restricted conditioning: each entry runs its ControlNet on its crop."""
+    engine = sd15[0]
+
+    def graph(strength):
+        g = Graph()
+        ck = g.add("LoadCheckpoint", id="ckpt", name="tiny-sd15.safetensors")
+        a = g.add("CLIPTextEncode", id="a", clip=ck.clip, text="a bear").conditioning
+        b = g.add("CLIPTextEncode", id="b", clip=ck.clip, text="a forest").conditioning
+        n = g.add("CLIPTextEncode", id="n", clip=ck.clip, text="blurry").conditioning
+        left = g.add("ConditioningSetArea", id="left", conditioning=b, width=64, height=64, x=0, y=0)
+        pos = g.add("ConditioningCombine", id="pos", conditioning_1=a, conditioning_2=left.CONDITIONING)
+        img = g.add("LoadImage", id="img", image="scene.png")
+        hint = g.add("ImageScale", id="scale", image=img.image, width=128, height=64, crop="center").image
+        net = g.add("ControlNetLoader", id="cn", name="tiny-controlnet-sd15.safetensors")
+        apply = g.add("ControlNetApply", id="apply", positive=pos.CONDITIONING, negative=n, control_net=net.control_net,
+                      image=hint, strength=strength, start_percent=0.0, end_percent=1.0)
+        lat = g.add("EmptyLatentImage", id="lat", width=128, height=64).latent
+        g.add("KSampler", id="ks", model=ck.model, seed=1, steps=2, cfg=5.0, sampler_name="euler",
+              scheduler="normal", positive=apply.positive, negative=apply.negative, latent_image=lat)
+        return g
+
+    with_cn = engine.run(graph(1.0), outputs=["ks"]).outputs["ks"].LATENT.samples
+    without = engine.run(graph(0.0), outputs=["ks"]).outputs["ks"].LATENT.samples
+    assert torch.isfinite(with_cn).all() and (with_cn - without).abs().max() > 1e-3
