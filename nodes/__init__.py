@@ -11,7 +11,7 @@ mask operations), ``ipadapter/`` (CLIP vision, IP-Adapter, image embeddings), ``
 
 from . import comfy  # noqa: F401
 from .controlnet import nodes as _controlnet  # noqa: F401
-from .diffusion import conditioning, inpaint, latent, loaders, sampling  # noqa: F401
+from .diffusion import conditioning, conditioning_ops, custom_sampling, inpaint, latent, loaders, sampling  # noqa: F401
 from .image import image_io, image_ops, mask  # noqa: F401
 from .ipadapter import clip_vision, embeds  # noqa: F401
 from .ipadapter import nodes as _ipadapter  # noqa: F401

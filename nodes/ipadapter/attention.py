@@ -74,15 +74,19 @@ class LayerTerm:
     _kv_cache: dict = field(default_factory=dict)
     _mask_cache: dict = field(default_factory=dict)
 
-    def kv(self, n: int, do_cfg: bool, heads: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """K, V laid out like the UNet batch (``[uncond × n/2, cond × n/2]`` with CFG, else cond × n) and
-        split into heads, ``[n, heads, N, C/heads]``; built once per run and reused at every step."""
-        key = (n, do_cfg, heads, dtype)
+    def kv(self, n: int, do_cfg: bool, heads: int, dtype: torch.dtype,
+           uncond_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """K, V laid out like the UNet batch (``[uncond × n/2, cond × n/2]`` with CFG, else cond × n, or
+        uncond × n when the sampler evaluates a negative conditioning entry on its own) and split into heads,
+        ``[n, heads, N, C/heads]``; built once per run and reused at every step."""
+        key = (n, do_cfg, heads, dtype, uncond_only)
         if key not in self._kv_cache:
             if do_cfg:
                 half = n // 2
                 k = torch.cat([_fit(self.k_uncond, half), _fit(self.k_cond, half)], 0)
                 v = torch.cat([_fit(self.v_uncond, half), _fit(self.v_cond, half)], 0)
+            elif uncond_only:
+                k, v = _fit(self.k_uncond, n), _fit(self.v_uncond, n)
             else:
                 k, v = _fit(self.k_cond, n), _fit(self.v_cond, n)
             head_dim = k.shape[-1] // heads
@@ -174,7 +178,7 @@ class DecoupledAttnProcessor:
         # --- image terms: one SDPA per adapter, same heads, no attention mask ---
         tokens = hidden_states.shape[1]
         for term in acting:
-            ip_k, ip_v = term.kv(batch_size, state.do_cfg, attn.heads, query.dtype)
+            ip_k, ip_v = term.kv(batch_size, state.do_cfg, attn.heads, query.dtype, state.uncond_only)
             ip = F.scaled_dot_product_attention(
                 query, ip_k, ip_v, attn_mask=None, dropout_p=0.0, is_causal=False
             )

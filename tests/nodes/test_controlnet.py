@@ -111,9 +111,9 @@ def test_single_controlnet_matches_diffusers(engine, controls, steps):
         num_inference_steps=steps, guidance_scale=7.0, controlnet_conditioning_scale=strength,
         control_guidance_start=start, control_guidance_end=end,
         generator=torch.Generator("cpu").manual_seed(7), output_type="latent").images
-    got = result.outputs["ks"].latent.samples
+    got = result.outputs["ks"].LATENT.samples
     assert max_diff(got, expected) <= TOL
-    plain = run(engine, cn_graph(controls=(), steps=steps)).outputs["ks"].latent.samples
+    plain = run(engine, cn_graph(controls=(), steps=steps)).outputs["ks"].LATENT.samples
     assert max_diff(got, plain) > 1e-3  # the ControlNet did something
 
 
@@ -127,7 +127,7 @@ def test_multi_controlnet_matches_diffusers(engine):
         controlnet_conditioning_scale=[c[1] for c in controls], control_guidance_start=[c[2] for c in controls],
         control_guidance_end=[c[3] for c in controls], generator=torch.Generator("cpu").manual_seed(7),
         output_type="latent").images
-    assert max_diff(result.outputs["ks"].latent.samples, expected) <= TOL
+    assert max_diff(result.outputs["ks"].LATENT.samples, expected) <= TOL
 
 
 def test_sdxl_controlnet_matches_diffusers(engine):
@@ -142,7 +142,7 @@ def test_sdxl_controlnet_matches_diffusers(engine):
                     num_inference_steps=6, guidance_scale=7.0, controlnet_conditioning_scale=0.9,
                     control_guidance_end=0.8, generator=torch.Generator("cpu").manual_seed(7),
                     output_type="latent").images
-    assert max_diff(result.outputs["ks"].latent.samples, expected) <= TOL
+    assert max_diff(result.outputs["ks"].LATENT.samples, expected) <= TOL
 
 
 def test_controlnet_sees_text_only_and_its_processors_stay_untouched(engine, models_dir):
@@ -186,8 +186,8 @@ def test_conditioning_is_not_mutated_and_zero_strength_passes_through(engine):
 
 
 def test_mask_of_ones_is_no_mask_and_zeros_is_no_control(engine):
-    base = run(engine, cn_graph(steps=3)).outputs["ks"].latent.samples
-    plain = run(engine, cn_graph(controls=(), steps=3)).outputs["ks"].latent.samples
+    base = run(engine, cn_graph(steps=3)).outputs["ks"].LATENT.samples
+    plain = run(engine, cn_graph(controls=(), steps=3)).outputs["ks"].LATENT.samples
     from ipgraph.nodes.diffusion.sampling import sample
 
     result = run(engine, cn_graph(steps=3))
@@ -207,7 +207,7 @@ def test_hint_of_another_size_is_resized(engine):
     g.set("scale", "width", 96)  # a 96x64 hint for a 64x64 image
     result = run(engine, g)
     assert result.outputs["canny"].image.shape[1:3] == (64, 96)
-    assert result.outputs["ks"].latent.samples.shape == (1, 4, 8, 8)
+    assert result.outputs["ks"].LATENT.samples.shape == (1, 4, 8, 8)
 
 
 def test_controlnet_for_another_base_model_is_refused(engine):
@@ -303,7 +303,7 @@ def test_controlnet_and_ipadapter_both_act_in_the_demo_graph(engine):
         if cond:
             g.set("sampler", "positive", Link(cond[0], "CONDITIONING"))
             g.set("sampler", "negative", Link(cond[1], "CONDITIONING"))
-        return engine.run(g, outputs=["sampler"]).outputs["sampler"].latent.samples
+        return engine.run(g, outputs=["sampler"]).outputs["sampler"].LATENT.samples
 
     both = latents()
     assert max_diff(both, latents(model=("ckpt", "model"))) > 1e-3  # IP-Adapter acts

@@ -173,10 +173,10 @@ def test_image_not_divisible_by_8_is_a_clear_run_error(engine, runtime):
 
 def test_base_model_output_is_unchanged_by_other_runs(engine):
     """A-B-A: running another graph on the same loaded UNet never changes it."""
-    a1 = engine.run(small_graph(seed=5)).outputs["ks"].latent.samples.clone()
+    a1 = engine.run(small_graph(seed=5)).outputs["ks"].LATENT.samples.clone()
     engine.run(small_graph(seed=6, steps=3, image="bear.png", denoise=0.7))
     engine.cache.clear()
-    a2 = engine.run(small_graph(seed=5)).outputs["ks"].latent.samples
+    a2 = engine.run(small_graph(seed=5)).outputs["ks"].LATENT.samples
     assert torch.equal(a1, a2)
 
 

@@ -53,7 +53,7 @@ def ip_graph(*, adapter=ADAPTER, ckpt=SD15, encoder=ENCODER, with_adapter=True, 
 
 
 def latents(engine, graph):
-    return engine.run(graph).outputs["ks"].latent.samples
+    return engine.run(graph).outputs["ks"].LATENT.samples
 
 
 def failure(engine, graph) -> str:
@@ -238,7 +238,7 @@ def test_embeds_round_trip_runs_without_encoder_and_matches_direct_image(engine,
     loaded.set("apply", "embeds", loaded.add("LoadImageEmbeds", id="emb", name=saved).embeds)
     result = engine.run(loaded)
     assert not any(e.type == "CLIPVisionLoader" for e in loaded.nodes.values())
-    assert torch.allclose(result.outputs["ks"].latent.samples, direct, atol=1e-5)
+    assert torch.allclose(result.outputs["ks"].LATENT.samples, direct, atol=1e-5)
     assert result.outputs["emb"].embeds.clip_vision == ENCODER
 
 
