@@ -13,3 +13,4 @@ from .diffusion import conditioning, inpaint, latent, loaders, sampling  # noqa:
 from .image import image_io, image_ops, mask  # noqa: F401
 from .ipadapter import clip_vision, embeds  # noqa: F401
 from .ipadapter import nodes as _ipadapter  # noqa: F401
+from .ipadapter import plus_nodes as _ipadapter_plus  # noqa: F401

@@ -53,12 +53,12 @@ EmbedsScaling = Literal["V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C pen
 # -- loader ---------------------------------------------------------------------------------------------
 
 class IPAdapterModelLoaderIn(NodeInputs):
-    name: str = ModelName("ipadapter", "IP-Adapter file in models/ipadapter (.safetensors, or .bin read "
+    ipadapter_file: str = ModelName("ipadapter", "IP-Adapter file in models/ipadapter (.safetensors, or .bin read "
                                        "weights-only), e.g. ip-adapter_sd15.safetensors")
 
 
 class IPAdapterModelLoaderOut(NodeOutputs):
-    ipadapter: Any = Output("IPADAPTER")
+    IPADAPTER: Any = Output("IPADAPTER")
 
 
 def _inspect_adapter(path: Path):
@@ -68,14 +68,15 @@ def _inspect_adapter(path: Path):
         yield str(exc)
 
 
-@node("IPAdapterModelLoader", category="loaders", check=model_file_check("ipadapter", _inspect_adapter),
-      fingerprint=model_file_fingerprint("ipadapter"),
-      comfy_aliases={"IPAdapterModelLoader": {"ipadapter_file": "name"}})
+@node("IPAdapterModelLoader", category="ipadapter/loaders", display_name="IPAdapter Model Loader",
+      check=model_file_check("ipadapter", _inspect_adapter, field="ipadapter_file"),
+      fingerprint=model_file_fingerprint("ipadapter", field="ipadapter_file"),
+      renamed_inputs={"name": "ipadapter_file"}, renamed_outputs={"ipadapter": "IPADAPTER"})
 def ipadapter_model_loader(inp: IPAdapterModelLoaderIn, ctx: NodeContext) -> IPAdapterModelLoaderOut:
     """Load an h94-format IP-Adapter (base, light, plus, plus-face, full-face; SD1.5 or SDXL)."""
     runtime = runtime_of(ctx)
-    path = runtime.model_path("ipadapter", inp.name)
-    return IPAdapterModelLoaderOut(ipadapter=runtime.models.load(("ipadapter", str(path)),
+    path = runtime.model_path("ipadapter", inp.ipadapter_file)
+    return IPAdapterModelLoaderOut(IPADAPTER=runtime.models.load(("ipadapter", str(path)),
                                                                  lambda: load_ipadapter(path)))
 
 
@@ -181,13 +182,16 @@ def _reference(inp: IPAdapterApplyIn, adapter) -> tuple[torch.Tensor, torch.Tens
     return embeds.cond, embeds.uncond, cv
 
 
-@node("IPAdapterApply", category="ipadapter", check=_apply_check,
-      comfy_aliases={"IPAdapterAdvanced": {}})
+@node("IPAdapterApply", category="ipadapter", check=_apply_check)
 def ipadapter_apply(inp: IPAdapterApplyIn, ctx: NodeContext) -> ModelOut:
     """Condition the model on reference images: returns a new MODEL carrying the IP-Adapter patch."""
+    from .plus_apply import unpack
+
     runtime = runtime_of(ctx)
     model: ModelHandle = inp.model
-    adapter = inp.ipadapter
+    adapter, cv = unpack(inp.ipadapter, inp.clip_vision)
+    if cv is not None and inp.clip_vision is None:  # the unified loader's encoder
+        inp = inp.model_copy(update={"clip_vision": cv})
     unet_problems = check_pairing(adapter.info, unet=describe_unet(model.unet))
     if unet_problems:
         raise ValueError(f"input ipadapter: {Path(adapter.info.path).name} does not fit the model "
