@@ -173,7 +173,7 @@ def scan(runtime, kind: str) -> list[tuple[str, object]]:
 
 def describe_adapter(name: str, info) -> str:
     if isinstance(info, Exception):
-        return f"{name}: {_why(info)}"
+        return _why(name, info)
     fam = adapter_family(info)
     kind = "image_embeds" if info.encoder_input == "image_embeds" else "penultimate hidden states"
     enc = f"{fam} " if fam else ""
@@ -183,15 +183,16 @@ def describe_adapter(name: str, info) -> str:
 
 def describe_encoder(name: str, info) -> str:
     if isinstance(info, Exception):
-        return f"{name}: {_why(info)}"
+        return _why(name, info)
     fam = encoder_family(info.hidden_size, info.projection_dim)
     return (f"{name}: {fam or 'custom'} CLIP vision encoder (hidden width {info.hidden_size}, "
             f"projection {info.projection_dim})")
 
 
-def _why(exc: Exception) -> str:
-    text = str(exc).rstrip(".")
-    return text[0].lower() + text[1:] if text else exc.__class__.__name__
+def _why(name: str, exc: Exception) -> str:
+    """'x.bin is a FaceID IP-Adapter, ...' when the reason names the file already, else 'x.bin: reason'."""
+    text = str(exc).rstrip(".") or exc.__class__.__name__
+    return text if text.startswith(Path(name).name) else f"{name}: {text}"
 
 
 # -- resolution -------------------------------------------------------------------------------------------

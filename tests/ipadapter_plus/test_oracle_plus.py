@@ -143,7 +143,7 @@ def test_simple_with_each_preset_equals_advanced_on_its_files_and_diffusers(engi
     ref = latent(engine.run(advanced(arch, found.adapter_name, found.encoder_name, ["ipa_bear_ref.png"],
                                      weight=0.6).graph()))
     assert torch.equal(got, ref)
-    if preset not in DIFFUSERS_CHECKED:  # the other layouts are diffusers-checked in tests/nodes already
+    if preset not in DIFFUSERS_CHECKED or arch != "sd15":  # other layouts: diffusers-checked in tests/nodes
         return
     encoder = found.encoder_name
     if not encoder.endswith(".safetensors"):  # the diffusers-folder copy of the same encoder

@@ -19,6 +19,8 @@ from ipgraph.nodes.ipadapter.presets import PresetError, inspect_clip_vision, re
 
 from ._api import Prompt, latent, out, txt2img
 
+pytestmark = pytest.mark.slow
+
 CKPT = {"sd15": "tiny-sd15.safetensors", "sdxl": "tiny-sdxl.safetensors"}
 ADAPTER = "tiny-ip-adapter_sd15.safetensors"
 ENCODER = "tiny-clip-vision.safetensors"
@@ -138,11 +140,17 @@ def test_preset_with_no_match_lists_every_file(runtime, tmp_path, models_dir):
     assert "needs a full-face IP-Adapter made for a ViT-H encoder for SD1.5" in msg
     assert "tiny-ip-adapter_sd15.safetensors: base adapter for SD1.5, needs ViT-H image_embeds of width 32" in msg
     assert "tiny-ip-adapter-plus-face_sdxl.safetensors: plus-face adapter for SDXL" in msg
-    assert "broken.safetensors: " in msg
+    assert "broken.safetensors could not be read as a safetensors file" in msg
     with pytest.raises(PresetError, match="found the adapter tiny-ip-adapter_sd15.safetensors but no CLIP vision "
                                           "encoder .* tiny-clip-vision-wide.safetensors: ViT-bigG"):
         resolve("STANDARD (medium strength)", unet, scan(rt, "ipadapter"), scan(rt, "clip_vision"))
     with pytest.raises(PresetError, match="needs a FaceID IP-Adapter for SD1.5 .* has none"):
+        resolve("FACEID", unet, scan(rt, "ipadapter"), scan(rt, "clip_vision"))
+    from safetensors.torch import save_file  # a FaceID file (LoRA layers) ipgraph cannot read yet: said so
+
+    save_file({"image_proj.proj.0.weight": torch.zeros(64, 32), "ip_adapter.1.to_k_ip.weight": torch.zeros(32, 32),
+               "ip_adapter.0.to_q_lora.down.weight": torch.zeros(4, 32)}, str(d / "ipadapter" / "my-face.safetensors"))
+    with pytest.raises(PresetError, match="my-face.safetensors is a FaceID IP-Adapter"):
         resolve("FACEID", unet, scan(rt, "ipadapter"), scan(rt, "clip_vision"))
 
 
