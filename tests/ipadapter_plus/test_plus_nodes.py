@@ -193,3 +193,27 @@ def test_embeds_from_another_encoder_are_refused(engine):
     with pytest.raises(NodeFailed, match=r"input pos_embed: these embeds are image_embeds \(projected CLS\) of width "
                                          r"48 from tiny-clip-vision-wide.safetensors .* needs image_embeds"):
         engine.run(p.graph())
+
+
+def test_save_and_load_embeds_round_trip_and_read_the_packs_files(engine, runtime):
+    p = Prompt()
+    ipa = p.add("IPAdapterModelLoader", id="ipa", ipadapter_file="tiny-ip-adapter-plus_sd15.safetensors")
+    cv = p.add("CLIPVisionLoader", id="cv", clip_name=ENCODER)
+    img = p.add("LoadImage", id="img0", image="ipa_pet.png")
+    enc = p.add("IPAdapterEncoder", id="enc", ipadapter=out(ipa), image=out(img), weight=0.5, clip_vision=out(cv))
+    p.add("IPAdapterSaveEmbeds", id="save", embeds=out(enc), filename_prefix="sub/IP_embeds")
+    r = engine.run(p.graph())
+    (saved,) = r.ui["save"]["embeds"]
+    assert saved["filename"] == "IP_embeds_00001.ipadpt"
+    pos = r.outputs["enc"].pos_embed
+    (runtime.input_dir / "sub").mkdir(parents=True, exist_ok=True)
+    shutil.copy(runtime.output_dir / "sub" / saved["filename"], runtime.input_dir / "sub" / saved["filename"])
+    torch.save(pos.cond.clone(), runtime.input_dir / "pack_made.ipadpt")  # what the pack's own node writes
+    q = Prompt()
+    q.add("IPAdapterLoadEmbeds", id="ours", embeds="sub/IP_embeds_00001.ipadpt")
+    q.add("IPAdapterLoadEmbeds", id="pack", embeds="pack_made.ipadpt")
+    res = engine.run(q.graph(), outputs=["ours", "pack"]).outputs
+    ours, pack = res["ours"].EMBEDS, res["pack"].EMBEDS
+    assert torch.equal(ours.cond, pos.cond) and torch.equal(ours.uncond, pos.uncond)
+    assert ours.clip_vision == ENCODER and pack.encoder_input == "hidden_states" and pack.uncond is None
+    assert torch.equal(pack.cond, pos.cond)
