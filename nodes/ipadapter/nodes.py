@@ -30,18 +30,16 @@ from ..core.types import ModelHandle
 from ..core.widgets import ModelName, model_file_check, model_file_fingerprint, runtime_of
 from . import (
     IPAdapterFileError,
-    IPAdapterPatch,
     check_pairing,
-    combine_embeds,
     describe_unet,
     embeds_for,
     inspect_ipadapter,
     instantstyle_weights,
-    layer_weights,
     load_ipadapter,
 )
 from .clip_vision import ClipVision, ClipVisionOutput
-from .embeds import ImageEmbeds, _fit, default_negative, embeds_mismatch, encode_for, encoder_mismatch
+from .embeds import ImageEmbeds, default_negative, embeds_mismatch, encode_for, encoder_mismatch
+from .plus_apply import make_patch, unpack  # the one implementation shared with the pack's nodes
 
 WeightType = Literal["linear", "ease in", "ease out", "ease in-out", "reverse in-out", "weak input", "weak output",
                      "weak middle", "strong middle", "style transfer", "composition", "style and composition",
@@ -185,8 +183,6 @@ def _reference(inp: IPAdapterApplyIn, adapter) -> tuple[torch.Tensor, torch.Tens
 @node("IPAdapterApply", category="ipadapter", check=_apply_check)
 def ipadapter_apply(inp: IPAdapterApplyIn, ctx: NodeContext) -> ModelOut:
     """Condition the model on reference images: returns a new MODEL carrying the IP-Adapter patch."""
-    from .plus_apply import unpack
-
     runtime = runtime_of(ctx)
     model: ModelHandle = inp.model
     adapter, cv = unpack(inp.ipadapter, inp.clip_vision)
@@ -213,9 +209,6 @@ def ipadapter_apply(inp: IPAdapterApplyIn, ctx: NodeContext) -> ModelOut:
                     "(a plus adapter) makes its negative with the image encoder; connect clip_vision, "
                     "image_negative, or embeds saved with their negative")
 
-    cond = combine_embeds(cond.float(), inp.combine_embeds)
-    uncond = _fit(uncond.float(), cond.shape[0])  # one negative per reference image (or per combined one)
-
     layers = None
     if inp.weight_type == "per-block":
         try:
@@ -223,14 +216,11 @@ def ipadapter_apply(inp: IPAdapterApplyIn, ctx: NodeContext) -> ModelOut:
         except (ValueError, KeyError) as exc:  # diffusers' own errors for block names the UNet lacks
             raise ValueError(f"input block_weights: {exc}") from None
         layers = tuple(inp.weight * w for w in per_block)
-    elif inp.weight_type != "linear":
-        layers = layer_weights(inp.weight_type, inp.weight, model.arch)
 
     mask = _mask(inp.attn_mask) if inp.attn_mask is not None else None
-    # one projection call over [negatives; positives], the batch layout diffusers uses, so that float rounding
-    # matches the oracle as closely as possible
-    tokens = adapter.project(torch.cat([uncond, cond])).float().cpu()
-    patch = IPAdapterPatch(adapter, tokens[uncond.shape[0]:], tokens[:uncond.shape[0]],
-                           weight=inp.weight, layer_weights=layers, start_at=inp.start_at, end_at=inp.end_at,
-                           mask=mask, embeds_scaling=inp.embeds_scaling, mask_interpolation=inp.mask_interpolation)
+    weight_type = "linear" if inp.weight_type == "per-block" else inp.weight_type
+    patch = make_patch(model, adapter, cond, uncond, weight=inp.weight, weight_type=weight_type,
+                       combine=inp.combine_embeds, start_at=inp.start_at, end_at=inp.end_at,
+                       embeds_scaling=inp.embeds_scaling, mask=mask, layers=layers,
+                       mask_interpolation=inp.mask_interpolation)
     return ModelOut(model=model.with_patch(patch))
