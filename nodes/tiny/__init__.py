@@ -17,7 +17,7 @@ _lock = threading.Lock()
 def write_all(models_dir: Path) -> list[Path]:
     """Write (or confirm) every tiny model; returns their paths. Files already written are left alone."""
     from .controlnet import write_tiny_controlnets
-    from .ipadapter import write_tiny_clip_vision, write_tiny_ipadapters
+    from .ipadapter import write_tiny_clip_vision, write_tiny_ipadapters, write_tiny_preset_ipadapters
     from .sd import build_tiny, ensure_tiny_models
     from .upscale import write_tiny_upscale_models
 
@@ -26,6 +26,7 @@ def write_all(models_dir: Path) -> list[Path]:
         paths += list(write_tiny_clip_vision(models_dir).values())
         unets = {"sd15": build_tiny("sd15")["unet"], "sdxl": build_tiny("sdxl")["unet"]}
         paths += list(write_tiny_ipadapters(models_dir, unets).values())
+        paths += list(write_tiny_preset_ipadapters(models_dir, unets).values())
         paths += list(write_tiny_controlnets(models_dir).values())
         paths += list(write_tiny_upscale_models(models_dir).values())
     return paths

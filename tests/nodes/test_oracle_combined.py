@@ -30,7 +30,7 @@ ADAPTER, ENCODER, REFERENCE, WEIGHT = "tiny-ip-adapter_sd15.safetensors", "tiny-
 
 def with_ip_adapter(graph):
     """Route the graph's KSampler model through an IPAdapterApply on the reference image."""
-    ipa = graph.add("IPAdapterModelLoader", id="ipa", name=ADAPTER)
+    ipa = graph.add("IPAdapterModelLoader", id="ipa", ipadapter_file=ADAPTER)
     cv = graph.add("CLIPVisionLoader", id="cv", name=ENCODER)
     ref = graph.add("LoadImage", id="ref", image=REFERENCE)
     apply = graph.add("IPAdapterApply", id="apply_ip", model=graph.ref("ckpt").model, ipadapter=ipa.ipadapter,

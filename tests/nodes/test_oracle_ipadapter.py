@@ -43,7 +43,7 @@ def graph(arch, applies, *, embeds_file=None):
     cv = None
     for i, a in enumerate(applies):
         a = dict(a)
-        ipa = g.add("IPAdapterModelLoader", id=f"ipa{i}", name=a.pop("adapter"))
+        ipa = g.add("IPAdapterModelLoader", id=f"ipa{i}", ipadapter_file=a.pop("adapter"))
         links = {}
         if embeds_file:
             links["embeds"] = g.add("LoadImageEmbeds", id=f"emb{i}", name=embeds_file).embeds
