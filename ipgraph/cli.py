@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         from ipgraph.server import main as serve_main
 
         return int(serve_main(argv[1:]) or 0)
+    if argv[:1] == ["worker"]:  # a remote worker of a server (see `ipgraph worker --help`)
+        from ipgraph.server.workers.remote import main as worker_main
+
+        return int(worker_main(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -100,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=cmd_models_list)
 
     sub.add_parser("serve", help="run the HTTP/websocket server and the web editor (ipgraph serve --help)")
+    sub.add_parser("worker", help="run jobs of a server on this machine (ipgraph worker --help)")
     return parser
 
 
