@@ -179,7 +179,6 @@ class RayWorker:
                 pass
 
     def _loop(self) -> None:
-        import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
         try:

@@ -108,7 +108,7 @@ class JobRunner:
         """Read the files an output node wrote into this worker's folders (they stay, so the worker's file
         counters keep rising and a cached output node's names stay unambiguous)."""
         out = []
-        folders = {"output": self.runtime.output_dir, "temp": self.runtime.temp_dir}
+        folders = {"output": self.runtime.output_dir, "temp": getattr(self.runtime, "temp_dir", None)}
         for img in ui.get("images", []) if isinstance(ui, dict) else []:
             base = folders.get(img.get("type", "output")) if isinstance(img, dict) else None
             if base is None:
