@@ -79,6 +79,7 @@ class WorkerPool:
         self._lock = threading.RLock()
         self._wake = threading.Condition(threading.Lock())
         self.stopping = threading.Event()
+        self.paused = threading.Event()  # no new leases while set (running jobs go on)
         self._threads: list[threading.Thread] = []
         self.before_first_job = None
 
@@ -103,6 +104,14 @@ class WorkerPool:
             slot.join(timeout)
         for t in self._threads:
             t.join(timeout)
+
+    def pause(self) -> None:
+        """Stop handing out leases (the queue fills up; running jobs go on)."""
+        self.paused.set()
+
+    def resume(self) -> None:
+        self.paused.clear()
+        self.wake()
 
     def wake(self) -> None:
         with self._wake:
@@ -182,7 +191,8 @@ class WorkerPool:
 
     def acquire(self, worker_id: str, held: dict | None = None) -> Run | None:
         """Lease the job the router picks for ``worker_id``; None when there is none for it now."""
-        if self.stopping.is_set():
+        if self.stopping.is_set() or self.paused.is_set():
+            self.seen(worker_id, "idle", held)
             return None
         with self._lock:
             self.seen(worker_id, "idle", held)
