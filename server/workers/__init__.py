@@ -3,7 +3,8 @@
 ``--workers`` (``ServerConfig.workers``):
 
 - ``inprocess`` (default): one engine in a thread of the server, sharing its output folder (today's server).
-- ``local:N``: N engines in threads of the server, each with its own output cache and model manager.
+- ``local:N``: N ``ipgraph worker`` child processes on loopback, each with its own engine, output cache and model
+  manager (``local.py``).
 - ``ray`` / ``ray:N``: N Ray actors on a local cluster started for the user; ``ray://HOST:PORT``: on an existing
   cluster (N = ``worker_count``, default: one per GPU, else 1).
 - ``none``: no workers of the server's own; only remote ``ipgraph worker`` processes run jobs.
@@ -16,10 +17,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ipgraph.engine import Engine
-
 from .outputs import OutputStore
-from .pool import ThreadWorker, WorkerPool, worker_runtime
+from .pool import ThreadWorker, WorkerPool
 
 log = logging.getLogger("ipgraph.server")
 
@@ -54,11 +53,22 @@ def build_pool(state) -> WorkerPool:
     if kind == "inprocess":
         pool.add(ThreadWorker(pool, "inprocess", state.engine, upload=False, before_first_job=prepare))
     elif kind == "local":
-        for i in range(count or 2):
-            runtime = worker_runtime(state.runtime, scratch / f"local-{i}")
-            engine = Engine(state.registry, runtime, cache_bytes=cfg.cache_bytes)
-            pool.add(ThreadWorker(pool, f"local-{i}", engine, upload=True, kind="local",
-                                  before_first_job=prepare if i == 0 else None))
+        import os
+
+        from .local import ProcessWorker
+
+        n = count or 2
+        gpus = _cuda_count()
+        if prepare is not None:  # before the children start: they must not write the same files at once
+            prepare()
+        host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host
+        url = f"http://{'[' + host + ']' if ':' in host else host}:{cfg.port}"
+        runtime = state.runtime
+        for i in range(n):
+            pool.add(ProcessWorker(pool, i, url, cfg.token, runtime.models_dir, runtime.input_dir,
+                                   (scratch / f"local-{i}").resolve(), device=f"cuda:{i % gpus}" if gpus else None,
+                                   threads=max(1, (os.cpu_count() or 1) // n), respawn_delay=cfg.respawn_delay_s,
+                                   registry_spec=cfg.registry_spec, cache_gb=cfg.cache_bytes / 1024**3))
     elif kind == "ray":
         from . import ray_pool
 
@@ -75,3 +85,12 @@ def build_pool(state) -> WorkerPool:
             pool.add(ray_pool.RayWorker(pool, i, args, gpus=gpus, respawn_delay=cfg.respawn_delay_s))
     log.info("workers: %s", cfg.workers)
     return pool
+
+
+def _cuda_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:
+        return 0

@@ -38,11 +38,13 @@ class Holdings:
     """What one worker holds, as it last reported it."""
     keys: set = field(default_factory=set)
     models: set = field(default_factory=set)
+    loads: int = 0  # model files the worker loaded so far (its model manager's count)
 
     def update(self, held: dict | None) -> None:
         if held:
             self.keys = set(held.get("keys") or ())
             self.models = set(held.get("models") or ())
+            self.loads = int(held.get("loads") or 0)
 
 
 def model_files(graph: Graph, registry) -> frozenset:

@@ -34,7 +34,7 @@ def _worker_name(body: dict) -> str:
     name = body.get("worker")
     if not isinstance(name, str) or not _NAME.match(name):
         raise HTTPException(400, "worker must be a short name (letters, digits, _.:@-)")
-    return name if name.startswith("remote-") else f"remote-{name}"
+    return name if name.startswith(("remote-", "local-")) else f"remote-{name}"  # local-: the server's children
 
 
 def worker_router(state) -> APIRouter:
@@ -66,7 +66,7 @@ def worker_router(state) -> APIRouter:
         device = str(body.get("device") or "cpu")[:64]
         held = body.get("held") if isinstance(body.get("held"), dict) else None
         wait = min(10.0, max(0.0, float(body.get("wait") or 0)))
-        pool.register(worker, "remote", device)
+        pool.register(worker, "local" if worker.startswith("local-") else "remote", device)
         deadline = time.monotonic() + wait
         while True:
             run = await run_in_threadpool(pool.acquire, worker, held)

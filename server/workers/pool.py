@@ -5,8 +5,11 @@ The pool is the only writer of the job store and the only speaker of the ComfyUI
 engines. Three kinds of worker speak the same protocol (lease -> events/heartbeats -> complete, every call under
 the lease token):
 
-- :class:`ThreadWorker`: an engine in a thread of the server (``--workers inprocess``, today's server, and
-  ``local:N``); its lease is renewed by the pool while the server lives.
+- :class:`ThreadWorker`: an engine in a thread of the server (``--workers inprocess``, today's server); its lease
+  is renewed by the pool while the server lives. One per process: diffusers/accelerate build models under
+  process-wide patches (``init_empty_weights``), so two engines loading models in threads of one process corrupt
+  each other; more workers on one machine are processes (``local:N``, Ray actors).
+- :class:`ProcessWorker` (``workers/local.py``): an ``ipgraph worker`` child process (``local:N``) on loopback.
 - ``RayWorker`` (``workers/ray_pool.py``): a long-lived Ray actor owning an engine; renewed while the actor answers.
 - remote ``ipgraph worker`` processes (``workers/http_routes.py``): renewed by their own heartbeats over HTTP.
 
@@ -15,12 +18,10 @@ A lease that is not renewed runs out and the reaper requeues the job (or fails i
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ipgraph.engine import CancelToken, Engine
@@ -154,7 +155,8 @@ class WorkerPool:
                             "job": run.job.id if run else None, "node": run.node if run else None,
                             "attempt": run.job.attempts if run else None, "jobs_done": w.jobs_done,
                             "seen_s_ago": round(time.monotonic() - w.last_seen, 1),
-                            "cached_outputs": len(w.holdings.keys), "models": sorted(w.holdings.models)})
+                            "cached_outputs": len(w.holdings.keys), "models": sorted(w.holdings.models),
+                            "model_loads": w.holdings.loads})
             return out
 
     def interrupt(self, job_id: str | None = None) -> bool:
@@ -324,8 +326,7 @@ class WorkerPool:
 
 
 class ThreadWorker:
-    """An engine driven by a thread of the server. ``upload``: its files go through the pool's output store
-    (workers sharing one server must not race for file names)."""
+    """An engine driven by a thread of the server. ``upload``: its files go through the pool's output store."""
 
     kind = "inprocess"
 
@@ -395,14 +396,4 @@ class ThreadWorker:
                 log.exception("could not record the outcome of %s", run.job.id)
 
 
-def worker_runtime(base: Any, scratch: Path) -> Any:
-    """A runtime like ``base`` (same models and input folders) with its own model manager and output folders."""
-    if not dataclasses.is_dataclass(base):
-        raise ValueError("local workers need a dataclass runtime (ipgraph's Runtime)")
-    changes = {"output_dir": scratch / "output", "temp_dir": scratch / "temp"}
-    if any(f.name == "_models" for f in dataclasses.fields(base)):
-        changes["_models"] = None
-    return dataclasses.replace(base, **changes)
-
-
-__all__ = ["PENDING", "Run", "ThreadWorker", "WorkerInfo", "WorkerPool", "now_ms", "worker_runtime"]
+__all__ = ["PENDING", "Run", "ThreadWorker", "WorkerInfo", "WorkerPool", "now_ms"]

@@ -97,7 +97,7 @@ class RemoteWorker:
         state = {"lost": False, "last_ok": time.monotonic()}
         done = threading.Event()
         path = f"/ipgraph/worker/jobs/{job['id']}"
-        name = self.name if self.name.startswith("remote-") else f"remote-{self.name}"
+        name = self.name if self.name.startswith(("remote-", "local-")) else f"remote-{self.name}"
 
         def beat() -> None:
             with lock:

@@ -60,7 +60,7 @@ class JobRunner:
         for key in list(getattr(manager, "_loaded", {}) or {}):
             if len(key) > 1 and isinstance(key[1], str):
                 models.append(Path(key[1]).name)
-        return {"keys": keys, "models": models}
+        return {"keys": keys, "models": models, "loads": int(getattr(manager, "loads", 0) or 0)}
 
     def run(self, job: dict, emit: WireSink, cancel: CancelToken) -> dict:
         """Run ``job``; every event goes to ``emit``. Returns ``{"status", "error", "executed", "cached",

@@ -108,7 +108,7 @@ def test_remote_worker_runs_jobs_and_events_reach_only_their_client(remote_serve
             job = wait_status(c, pid)
             assert job["status"] == "completed" and job["worker"] == "remote-w1"
         hist = c.get("/api/history").json()
-        for pid, value in zip(ids, (3, 4, 5)):
+        for pid, value in zip(ids, (3, 4, 5), strict=True):
             img = hist[pid]["outputs"]["3"]["images"][0]
             got = c.get("/api/view", params=img)  # uploaded by the worker into the server's output folder
             assert got.status_code == 200 and got.headers["content-type"] == "image/png"
