@@ -81,9 +81,9 @@ def run_workload(root, models_dir, policy: str, n: int = 16) -> dict:
                 "model_loads": sum(w["model_loads"] for w in workers),
                 "jobs": {w["id"]: w["jobs_done"] for w in workers}}
     finally:
-        for w, t in remotes:
+        for w, _ in remotes:
             w.stop()
-        for w, t in remotes:
+        for _, t in remotes:
             t.join(15)
         srv.stop()
 
