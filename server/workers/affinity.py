@@ -98,6 +98,11 @@ class Router:
         """The job of ``window`` (pending, in run order) that ``worker`` should take, or None to wait."""
         if not window:
             return None
+        if len(self._profiles) > 8 * self.window:  # jobs cancelled while pending: forget them
+            keep = {j.id for j in window}
+            for table in (self._profiles, self._skips, self._assigned):
+                for job_id in [k for k in table if k not in keep]:
+                    del table[job_id]
         head = window[0]
         if self.policy == "fifo":
             return head
