@@ -101,5 +101,7 @@ def test_cancel_reaches_the_actor_running_the_job(ray_server):
         if run is not None and run.node == "sampler":
             break
         time.sleep(0.05)
+    else:
+        raise AssertionError("the job never reached the sampler")
     assert c.post(f"/api/jobs/{pid}/cancel").json()["cancelled"] is True
     assert wait_status(c, pid, ("cancelled", "completed"), timeout=30)["status"] == "cancelled"
