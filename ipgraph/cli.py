@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         from ipgraph.server import main as serve_main
 
         return int(serve_main(argv[1:]) or 0)
+    if argv[:1] == ["worker"]:  # a remote worker of a server (see `ipgraph worker --help`)
+        from ipgraph.server.workers.remote import main as worker_main
+
+        return int(worker_main(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -111,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ipgraph.nodes.training.cli import add_subcommands as add_training_subcommands
 
     add_training_subcommands(sub)  # train ipadapter, convert ipadapter
+    sub.add_parser("worker", help="run jobs of a server on this machine (ipgraph worker --help)")
     return parser
 
 

@@ -43,7 +43,7 @@ def _comfy_job(state: State, job: Job, detail: bool = False) -> dict:
         "preview_output": images[0] if images else None,
         "outputs_count": len(images) if job.status in FINISHED else None,
         "previewable_outputs_count": len(images) if job.status in FINISHED else None,
-        "execution_error": error, "workflow_id": (job.extra_data.get("extra_pnginfo") or {}).get(
+        "execution_error": error, "worker": job.worker, "attempts": job.attempts, "workflow_id": (job.extra_data.get("extra_pnginfo") or {}).get(
             "workflow", {}).get("id") if isinstance(job.extra_data.get("extra_pnginfo"), dict) else None,
     }
     if detail:
@@ -72,6 +72,8 @@ def _queue_item(state: State, job: Job) -> list:
     extra = dict(job.extra_data or {})
     if job.client_id:
         extra.setdefault("client_id", job.client_id)
+    if job.worker and job.status == RUNNING:
+        extra["ipgraph_worker"] = job.worker  # which worker runs it (server/workers)
     return [num(job.number), job.id, state.comfy_prompt(job), extra, job.outputs or []]
 
 

@@ -155,4 +155,5 @@ def system_stats(state: State) -> dict:
                        "installed_templates_version": None, "required_templates_version": None,
                        "python_version": sys.version.split()[0], "pytorch_version": torch_version,
                        "embedded_python": False, "argv": ["ipgraph", "serve"]},
-            "devices": devices}
+            "devices": devices,
+            "workers": state.worker.describe()}  # ipgraph: every worker, its device and the job it runs
