@@ -63,7 +63,27 @@ def from_comfy_api(prompt: dict, registry: Registry | None = None, warnings: lis
                                     f"of {entry['class_type']}; it was ignored (its inputs are: "
                                     f"{', '.join(theirs) or 'none'})")
         graph.nodes[node_id] = NodeEntry(type_name, inputs)
+    _drop_unused(graph)
     return graph
+
+
+def _drop_unused(graph: Graph) -> None:
+    """ComfyUI validates and runs only what its output nodes need; a node hanging loose in a prompt (half-wired
+    in the editor) is ignored there, so it is here. A prompt without any known output node is kept whole so
+    that validation can say so."""
+    outputs = [nid for nid, e in graph.nodes.items() if (nt := graph.registry.get(e.type)) and nt.output_node]
+    unknown = [nid for nid, e in graph.nodes.items() if graph.registry.get(e.type) is None]
+    if not outputs:
+        return
+    keep, stack = set(), outputs + unknown
+    while stack:
+        nid = stack.pop()
+        if nid in keep or nid not in graph.nodes:
+            continue
+        keep.add(nid)
+        stack.extend(v.node for v in graph.nodes[nid].inputs.values() if isinstance(v, Link))
+    for nid in [n for n in graph.nodes if n not in keep]:
+        del graph.nodes[nid]
 
 
 def to_comfy_api(graph: Graph) -> dict:

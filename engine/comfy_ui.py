@@ -79,7 +79,9 @@ def map_widget_values(info: dict, values: Any, where: str, warnings: list[str]) 
     layouts = [slots, [s for s in slots if s[1] != "upload"], [s for s in slots if s[1] != "control"],
                [s for s in slots if s[1] == "value"]]
     layout = next((lay for lay in layouts if len(lay) == len(values)), slots)
-    if len(values) != len(layout):
+    # Fewer values than widgets: a workflow saved before the node gained a widget; the new ones keep their
+    # defaults, as in ComfyUI's editor. More values than widgets cannot be read with certainty: say so.
+    if len(values) > len(layout):
         warnings.append(f"{where}: {len(values)} widget value(s) for {len(layout)} widget(s); "
                         f"read in order: {', '.join(names) or 'none'}")
     return {name: value for (name, kind), value in zip(layout, values, strict=False) if kind == "value"}

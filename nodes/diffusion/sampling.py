@@ -365,6 +365,7 @@ def ksampler_advanced(inp: KSamplerAdvancedIn, ctx: NodeContext) -> LatentOut:
 def sample_node(ctx: NodeContext, model: ModelHandle, positive, negative, latent: Latent, *, cfg, sampler, plan,
                 seed, runtime, add_noise: bool = True) -> SampleResult:
     """What every sampler node does: move the models to the device, sample, report progress."""
+    latent = with_inpaint_concat(latent, model)
     conds = [c for c in (positive, negative) if c is not None]
     with runtime.models.on_device(model.unet, *_control_models(*conds)):
         return run_sampling(model, positive, negative, latent, cfg=cfg, sampler=sampler, plan=plan, seed=seed,
@@ -372,12 +373,27 @@ def sample_node(ctx: NodeContext, model: ModelHandle, positive, negative, latent
                             on_step=_progress(ctx, model.arch))
 
 
+def with_inpaint_concat(latent: Latent, model: ModelHandle) -> Latent:
+    """ComfyUI's rule for a 9-channel inpainting model given a latent without inpaint conditioning
+    (VAEEncodeForInpaint, SetLatentNoiseMask, a plain latent): the extra channels are [noise mask (all ones
+    without one), the latent itself]. InpaintModelConditioning's latent already carries its own."""
+    if model.in_channels != 9 or latent.concat is not None:
+        return latent
+    samples = latent.samples
+    mask = latent.noise_mask if latent.noise_mask is not None else torch.ones_like(samples[:, :1])
+    mask = mask.to(samples)
+    if mask.ndim == 3:
+        mask = mask[:, None]
+    if tuple(mask.shape[-2:]) != tuple(samples.shape[-2:]):
+        mask = torch.nn.functional.interpolate(mask, size=samples.shape[-2:], mode="bilinear")
+    if mask.shape[0] != samples.shape[0]:
+        mask = mask[:1].expand(samples.shape[0], -1, -1, -1)
+    return latent.replace(concat=torch.cat([mask, samples], dim=1))
+
+
 def check_latent_fits_model(latent: Latent, model: ModelHandle) -> None:
     wanted = model.in_channels
-    have = latent.samples.shape[1] + (latent.concat.shape[1] if latent.concat is not None else 0)
-    if wanted == 9 and latent.concat is None:
-        raise ValueError("this is a 9-channel inpainting model: build its latent with InpaintModelConditioning "
-                         "(image, mask) rather than EmptyLatentImage/VAEEncode")
+    have = latent.samples.shape[1] + (latent.concat.shape[1] if latent.concat is not None else 5 * (wanted == 9))
     if have != wanted:
         raise ValueError(f"the latent has {have} channels but the model expects {wanted}")
 

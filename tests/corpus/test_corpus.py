@@ -95,6 +95,10 @@ def _needs(prompt: dict, registry, runtime) -> list[str]:
             missing.append(f"needs node {entry['class_type']} with ComfyUI's inputs (the registered one has no "
                            f"{', '.join(absent)})")
         for name, value in entry["inputs"].items():
+            spec = nt.inputs.get(nt.renamed_inputs.get(name, name))
+            if (spec is not None and spec.choices and name not in MODEL_INPUTS and isinstance(value, str)
+                    and value not in spec.choices):
+                missing.append(f"needs {entry['class_type']}.{name} {value!r}")
             kind = MODEL_INPUTS.get(name)
             if kind and isinstance(value, str) and not (runtime.models_dir / kind / value).exists():
                 missing.append(f"needs model file {kind}/{value}")

@@ -122,8 +122,6 @@ def test_inpaint_without_a_mask_fails_validation(engine):
 
 
 @pytest.mark.parametrize("nine,latent,message", [
-    (True, "empty", "9-channel inpainting model"),
-    (True, "four", "9-channel inpainting model"),
     (False, "nine", "the latent has 9 channels but the model expects 4"),
 ])
 def test_latent_that_does_not_fit_the_model_is_a_clear_error(engine, nine, latent, message):
@@ -137,3 +135,19 @@ def test_demo_graphs_run(engine, name):
     result = engine.run(Graph.from_json((GRAPHS / name).read_text()))
     images = [v.IMAGE for v in result.outputs.values() if hasattr(v, "IMAGE")]  # decoded (VAEDecode)
     assert images and images[-1].shape == (1, 64, 64, 3) and any(ui.get("images") for ui in result.ui.values())
+
+
+@pytest.mark.parametrize("latent", ["empty", "four"])
+def test_nine_channel_model_takes_a_plain_latent_as_comfyui_does(engine, latent):
+    """ComfyUI's rule: without InpaintModelConditioning the extra channels are [noise mask or ones, latent]."""
+    import torch
+
+    from ipgraph.nodes.core.types import Latent
+    from ipgraph.nodes.diffusion.sampling import with_inpaint_concat
+
+    result = run(engine, inpaint_graph(nine=True, latent=latent, steps=2))
+    assert result.outputs["ks"].LATENT.samples.shape[1] == 4
+    model = result.outputs["ckpt"].model
+    samples, mask = torch.randn(1, 4, 8, 8), torch.zeros(1, 1, 8, 8)
+    assert torch.equal(with_inpaint_concat(Latent(samples, noise_mask=mask), model).concat, torch.cat([mask, samples], 1))
+    assert torch.equal(with_inpaint_concat(Latent(samples), model).concat[:, :1], torch.ones(1, 1, 8, 8))

@@ -117,7 +117,10 @@ def _ui_file(real_server, tmp_path) -> tuple[Path, set[str]]:
     corpus = Path(__file__).resolve().parents[1] / "corpus" / "workflows"
     candidates = []
     for path in sorted(corpus.glob("*.ui.json")):
-        wf = json.loads(path.read_text())
+        text = path.read_text()
+        if "embedding:" in text:  # names a textual inversion the tiny models do not have
+            continue
+        wf = json.loads(text)
         types = {n["type"] for n in wf["nodes"] if n["type"] not in VIRTUAL_TYPES}
         if not types <= set(info) or "LoadImage" in types:
             continue

@@ -125,6 +125,11 @@ def test_bad_graphs_give_comfy_node_errors(fake_server):
         "7": {"class_type": "Slow", "inputs": {"a": ["8", 0], "steps": "many"}},
         "8": {"class_type": "SaveNumber", "inputs": {"value": ["2", 0]}},
         "9": {"class_type": "Color", "inputs": {"a": 5}},
+        # ComfyUI checks only what output nodes need: these outputs keep 5, 7 and 9 in the prompt
+        "10": {"class_type": "SaveNumber", "inputs": {"value": ["7", 0]}},
+        "11": {"class_type": "SaveNumber", "inputs": {"value": ["9", 0]}},
+        "12": {"class_type": "SaveNumber", "inputs": {"value": ["5", 0]}},
+        "13": {"class_type": "Color", "inputs": {"a": ["1", 0], "mode": "mauve"}},  # feeds no output: ignored
     }
     r = c.post("/api/prompt", json={"prompt": bad, "client_id": "x"})
     assert r.status_code == 400
@@ -143,7 +148,8 @@ def test_bad_graphs_give_comfy_node_errors(fake_server):
     assert "value_not_in_list" in types("5")
     assert "bad_linked_input" in types("7") and "invalid_input_type" in types("7")
     assert "return_type_mismatch" in types("9")
-    assert set(ne["1"]["dependent_outputs"]) == {"6", "8"}
+    assert set(ne["1"]["dependent_outputs"]) == {"6", "8", "10"}
+    assert "13" not in ne
     # nothing was queued
     assert c.get("/api/queue").json() == {"queue_running": [], "queue_pending": []}
     # unknown node type, malformed bodies
