@@ -26,6 +26,13 @@ from ipgraph.engine import (
     events,
 )
 from ipgraph.engine.comfy import from_comfy_api, is_comfy_api
+from ipgraph.engine.graph import parse_json
+
+
+def add_limit_options(parser) -> None:
+    from ipgraph.limits import add_limit_options as add
+
+    add(parser)
 
 
 class CliError(Exception):
@@ -74,12 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     run.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="model dtype")
     run.add_argument("--repeat", type=int, default=1, help="run N times (later runs hit the cache)")
+    add_limit_options(run)
     common(run)
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check a graph and print every problem")
     val.add_argument("graph")
     val.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE")
+    add_limit_options(val)
     common(val)
     val.set_defaults(func=cmd_validate)
 
@@ -88,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(nodes)
     nodes.set_defaults(func=cmd_nodes)
 
-    models = sub.add_parser("models", help="model files")
+    models = sub.add_parser("models", help="model files (ipgraph models tiny | list)")
+    models.set_defaults(func=lambda args: (models.print_help(), 2)[1])
     models_sub = models.add_subparsers(dest="models_command")
     tiny = models_sub.add_parser("tiny", help="write the tiny random-weight models (real formats)")
     tiny.add_argument("--models-dir")
@@ -111,9 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
 # -- commands -----------------------------------------------------------------------------------------
 
 def cmd_run(args) -> int:
+    doc = read_document(args.graph)
     registry = load_registry(args.registry)
     runtime = make_runtime(args, registry)
-    graph = apply_sets(load_graph(args.graph, registry), args.set)
+    graph = apply_sets(graph_from_document(doc, registry), args.set)
     if registry is default_registry():
         from ipgraph.nodes.tiny import ensure_for_graph
 
@@ -148,9 +159,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    doc = read_document(args.graph)
     registry = load_registry(args.registry)
     runtime = make_runtime(args, registry)
-    graph = apply_sets(load_graph(args.graph, registry), args.set)
+    graph = apply_sets(graph_from_document(doc, registry), args.set)
     problems = Engine(registry, runtime).validate(graph)
     if problems:
         print_problems(problems)
@@ -244,14 +256,30 @@ def load_registry(spec: str | None) -> Registry:
 def make_runtime(args, registry: Registry) -> Any:
     if registry is not default_registry():
         return None
+    from ipgraph.limits import SPECS, Limits
     from ipgraph.nodes.core.runtime import Runtime
 
-    return Runtime.create(models_dir=getattr(args, "models_dir", None), output_dir=getattr(args, "output_dir", None),
-                          input_dir=getattr(args, "input_dir", None), device=getattr(args, "device", None),
-                          dtype=getattr(args, "dtype", None))
+    try:
+        limits = Limits.create(**{spec.field: getattr(args, spec.field, None) for spec in SPECS})
+        return Runtime.create(models_dir=getattr(args, "models_dir", None),
+                              output_dir=getattr(args, "output_dir", None), input_dir=getattr(args, "input_dir", None),
+                              device=getattr(args, "device", None), dtype=getattr(args, "dtype", None), limits=limits)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def load_graph(path_text: str, registry: Registry) -> Graph:
+    return graph_from_document(read_document(path_text), registry)
+
+
+def graph_from_document(doc: Any, registry: Registry) -> Graph:
+    if is_comfy_api(doc):
+        return from_comfy_api(doc, registry)
+    return Graph.from_dict(doc, registry)
+
+
+def read_document(path_text: str) -> Any:
+    """The graph document in a file (JSON, or a PNG's metadata), read before any node family is imported."""
     path = Path(path_text)
     if not path.exists():
         from ipgraph.graphs import bundled
@@ -260,20 +288,25 @@ def load_graph(path_text: str, registry: Registry) -> Graph:
         if found is None:
             raise CliError(f"no such graph file: {path} (`ipgraph graphs` lists the bundled ones)")
         path = found
+    if path.is_dir():
+        raise CliError(f"{path} is a folder; give a graph file (.json or .png)")
     if path.suffix.lower() == ".png":
-        from ipgraph.nodes.image.image_io import graph_from_png
+        from ipgraph.nodes.image.image_io import GraphMetadataError, graph_from_png
 
-        doc = graph_from_png(path)
+        try:
+            doc = graph_from_png(path)
+        except GraphMetadataError as exc:
+            raise CliError(str(exc)) from None
         if doc is None:
             raise CliError(f"{path} carries no ipgraph graph in its metadata")
     else:
         try:
-            doc = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CliError(f"{path} is not valid JSON: {exc}") from None
-    if is_comfy_api(doc):
-        return from_comfy_api(doc, registry)
-    return Graph.from_dict(doc, registry)
+            doc = parse_json(path.read_bytes())
+        except GraphFormatError as exc:
+            raise CliError(f"{path}: {exc}") from None
+        except OSError as exc:
+            raise CliError(f"{path} could not be read ({exc.strerror or exc})") from None
+    return doc
 
 
 def apply_sets(graph: Graph, sets: list[str]) -> Graph:

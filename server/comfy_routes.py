@@ -83,8 +83,8 @@ def comfy_router(state: State) -> APIRouter:
     async def post_prompt(request: Request):
         try:
             body = await json_body(request, {})
-        except HTTPException:
-            return error(400, "invalid_prompt", "the request body is not valid JSON")
+        except HTTPException as exc:
+            return error(400, "invalid_prompt", str(exc.detail))
         if not isinstance(body, dict) or "prompt" not in body:
             return error(400, "no_prompt", "No prompt provided", "")
         prompt = body["prompt"]
@@ -251,8 +251,10 @@ def comfy_router(state: State) -> APIRouter:
     async def upload_image(request: Request):
         try:
             form = await request.form(max_files=1, max_fields=8)
+        except HTTPException:
+            raise
         except Exception as exc:
-            raise HTTPException(400, f"bad multipart body: {exc}") from None
+            raise HTTPException(400, f"bad multipart body: {exc or type(exc).__name__}") from None
         image = form.get("image")
         if not isinstance(image, UploadFile):
             raise HTTPException(400, "the form needs an 'image' file")

@@ -22,6 +22,7 @@ from PIL import Image
 from pydantic import Field
 
 from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
+from ipgraph.limits import LimitError, check_output_size, check_work
 
 from ..core.patches import install_patches
 from ..core.types import SDXL, Conditioning, Latent, ModelHandle, SamplingState
@@ -67,6 +68,7 @@ def ksampler(inp: KSamplerIn, ctx: NodeContext) -> LatentOut:
     model: ModelHandle = inp.model
     latent: Latent = inp.latent_image
     check_latent_fits_model(latent, model)
+    check_job_size(latent, inp.steps, runtime)
     if inp.denoise <= 0:
         return LatentOut(latent=latent)
     with runtime.models.on_device(model.unet, *_control_models(inp.positive, inp.negative)):
@@ -74,6 +76,15 @@ def ksampler(inp: KSamplerIn, ctx: NodeContext) -> LatentOut:
                          sampler=inp.sampler_name, schedule=inp.scheduler, denoise=inp.denoise,
                          device=runtime.device, dtype=runtime.dtype, on_step=_progress(ctx, model.arch))
     return LatentOut(latent=latent.replace(samples=samples))
+
+
+def check_job_size(latent: Latent, steps: int, runtime) -> None:
+    """The user's output-size and work limits, checked before the first step (frames count as batch)."""
+    batch, _, h, w = latent.samples.shape
+    problem = check_output_size(w * 8, h * 8, runtime.limits)
+    if problem:
+        raise LimitError(problem)
+    check_work(batch, w * 8, h * 8, steps, runtime.limits)
 
 
 def check_latent_fits_model(latent: Latent, model: ModelHandle) -> None:

@@ -32,6 +32,7 @@ from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket,
 
 from ..core.runtime import ASSETS_DIR, ModelNotFound, file_fingerprint
 from ..core.widgets import ModelName, runtime_of
+from ..models.pickles import PickleFileError, load_weights_only
 from . import IPAdapterWeights, check_pairing, embeds_for, unconditional_embeds
 from .clip_vision import ClipVision
 
@@ -131,10 +132,9 @@ def load_embeds(path: Path, adapter_index: int = 0, has_negative: bool = True) -
         return ImageEmbeds(tensors["cond"], tensors.get("uncond"), meta["encoder_input"],
                            meta.get("clip_vision", ""), meta.get("adapter", ""))
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickled code is refused by weights_only, truncated files, ...
-        raise EmbedsFileError(f"{path.name} could not be read as embeds with a weights-only load "
-                              f"({exc.__class__.__name__}); only tensors and lists of tensors are accepted") from exc
+        data = load_weights_only(path, "embeds file")
+    except PickleFileError as exc:
+        raise EmbedsFileError(f"{exc} Only tensors and lists of tensors are accepted.") from None
     if isinstance(data, (list, tuple)):
         if not 0 <= adapter_index < len(data):
             raise EmbedsFileError(f"{path.name} holds embeds for {len(data)} adapter(s); adapter_index "
