@@ -140,6 +140,8 @@ class Graph:
         """Read a document; unknown node types are kept so validation can report them all at once."""
         if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), dict):
             raise GraphFormatError('an ipgraph document is an object with a "nodes" object')
+        if json_depth(doc) > MAX_JSON_DEPTH:
+            raise GraphFormatError(f"the document is nested more than {MAX_JSON_DEPTH} levels deep")
         if doc.get("format", FORMAT) != FORMAT:
             raise GraphFormatError(f"unsupported format {doc.get('format')!r}; expected {FORMAT!r}")
         graph = cls(registry)

@@ -124,6 +124,8 @@ class Runtime:
 
     def model_path(self, kind: str, name: str) -> Path:
         """Resolve a model name inside its kind's folder; never outside it."""
+        if not isinstance(name, str) or not name or any(ord(c) < 32 for c in name):
+            raise ModelNotFound(f"{name!r} is not a file name (empty, or it holds control characters)")
         folder = self.model_folder(kind).resolve()
         path = (folder / name).resolve()
         if folder not in path.parents and path != folder:
@@ -136,6 +138,8 @@ class Runtime:
 
     def image_path(self, name: str) -> Path:
         """An input image: absolute (CLI only), in the input folder, or one of the bundled demo assets."""
+        if not isinstance(name, str) or not name or any(ord(c) < 32 for c in name):
+            raise FileNotFoundError(f"{name!r} is not a file name (empty, or it holds control characters)")
         candidate = Path(name)
         if candidate.is_absolute():
             if not self.allow_absolute_paths:

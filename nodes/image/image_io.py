@@ -52,13 +52,16 @@ def open_image(path: Path, max_pixels: int, downscale: bool = False) -> Image.Im
                              "downscale")
     if too_big and width is None:
         raise ImageFileError(f"{path.name} is too large to open even for downscaling (a decompression bomb?)")
-    image = Image.open(path)
-    if too_big:
-        scale = (max_pixels / (width * height)) ** 0.5
-        target = (max(1, int(width * scale)), max(1, int(height * scale)))
-        image.draft("RGB", target)
-        image = image.resize(target, Image.LANCZOS) if image.size != target else image
-    image.load()
+    try:
+        image = Image.open(path)
+        if too_big:
+            scale = (max_pixels / (width * height)) ** 0.5
+            target = (max(1, int(width * scale)), max(1, int(height * scale)))
+            image.draft("RGB", target)
+            image = image.resize(target, Image.LANCZOS) if image.size != target else image
+        image.load()
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's decoders raise these on cut or corrupt data
+        raise ImageFileError(f"{path.name} could not be decoded ({exc}); the file is damaged or truncated") from None
     return ImageOps.exif_transpose(image)
 
 

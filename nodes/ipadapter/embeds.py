@@ -162,7 +162,10 @@ def embeds_path(runtime, name: str) -> Path:
     try:
         return runtime.model_path("embeds", name)
     except ModelNotFound:
-        candidate = (ASSETS_DIR / name).resolve()
+        try:
+            candidate = (ASSETS_DIR / name).resolve()
+        except (OSError, ValueError):  # a name no file can have
+            raise ModelNotFound(f"{name!r} is not a file name") from None
         if ASSETS_DIR.resolve() in candidate.parents and candidate.is_file():
             return candidate
         raise

@@ -39,8 +39,8 @@ def load_weights_only(path: str | Path, what: str = "model file") -> Any:
         if "Weights only load failed" in message or "Unsupported global" in message:
             raise PickleFileError(
                 f"{path.name} is a pickle that holds more than plain tensors (code or arbitrary objects), so it "
-                f"was refused: only weights are loaded from pickled files. Use a .safetensors version of the "
-                f"{what}.") from None
+                f"was refused: pickled files are only ever loaded weights-only. Use a .safetensors version of "
+                f"the {what}.") from None
         first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
         raise PickleFileError(f"{path.name} could not be read as a PyTorch {what}; it is probably truncated or "
                               f"corrupt ({first[:200]}).") from None
