@@ -35,7 +35,7 @@ def graph(seed: int, adapter: str | None):
     model = ck.model
     if adapter:
         cv = g.add("CLIPVisionLoader", id="cv", name="tiny-clip-vision.safetensors")
-        ipa = g.add("IPAdapterModelLoader", id="ipa", name=adapter)
+        ipa = g.add("IPAdapterModelLoader", id="ipa", ipadapter_file=adapter)
         ref = g.add("LoadImage", id="ref", image=REFERENCE)
         model = g.add("IPAdapterApply", id="apply", model=ck.model, ipadapter=ipa.ipadapter, image=ref.image,
                       clip_vision=cv.clip_vision, weight=WEIGHT).model

@@ -25,7 +25,7 @@ from ipgraph.engine import (
     ValidationFailed,
     events,
 )
-from ipgraph.engine.comfy import from_comfy_api, is_comfy_api
+from ipgraph.engine.comfy import graph_from_document
 from ipgraph.engine.graph import parse_json
 
 
@@ -45,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         from ipgraph.server import main as serve_main
 
         return int(serve_main(argv[1:]) or 0)
-    parser = build_parser()
+    if argv[:1] == ["worker"]:  # a remote worker of a server (see `ipgraph worker --help`)
+        from ipgraph.server.workers.remote import main as worker_main
+
+        return int(worker_main(argv[1:]) or 0)
+    parser = build_parser(training=argv[:1] in (["train"], ["convert"]))
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(training: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ipgraph", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command")
@@ -72,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--registry", help="use MODULE:ATTR as the node registry instead of ipgraph's nodes")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
 
-    run = sub.add_parser("run", help="run a graph (JSON, ComfyUI API JSON, or a PNG saved by ipgraph)")
+    run = sub.add_parser("run", help="run a graph (ipgraph JSON, a ComfyUI workflow in UI or API format, or a "
+                                     "PNG saved by ipgraph or ComfyUI)")
     run.add_argument("graph")
     run.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                      help="change an input before running (VALUE is JSON, or a plain string)")
@@ -89,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("graph")
     val.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE")
     add_limit_options(val)
+    val.add_argument("--strict", action="store_true",
+                     help="treat warnings (inputs a node does not have, unreadable widget values) as errors")
     common(val)
     val.set_defaults(func=cmd_validate)
 
@@ -115,16 +122,26 @@ def build_parser() -> argparse.ArgumentParser:
     graphs.set_defaults(func=cmd_graphs)
 
     sub.add_parser("serve", help="run the HTTP/websocket server and the web editor (ipgraph serve --help)")
+    if training:  # its options need the node families (and torch): built only when asked for
+        from ipgraph.nodes.training.cli import add_subcommands as add_training_subcommands
+
+        add_training_subcommands(sub)  # train ipadapter, convert ipadapter
+    else:
+        sub.add_parser("train", help="train an IP-Adapter (ipgraph train ipadapter --help)")
+        sub.add_parser("convert", help="convert a reference training checkpoint (ipgraph convert ipadapter --help)")
+    sub.add_parser("worker", help="run jobs of a server on this machine (ipgraph worker --help)")
     return parser
 
 
 # -- commands -----------------------------------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    doc = read_document(args.graph)
+    doc = load_document(Path(args.graph))  # before the node families: a JSON typo never imports torch
     registry = load_registry(args.registry)
     runtime = make_runtime(args, registry)
-    graph = apply_sets(graph_from_document(doc, registry), args.set)
+    warnings: list[str] = []
+    graph = apply_sets(load_graph(doc, registry, runtime, warnings), args.set)
+    print_warnings(warnings)
     if registry is default_registry():
         from ipgraph.nodes.tiny import ensure_for_graph
 
@@ -159,11 +176,20 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    doc = read_document(args.graph)
+    doc = load_document(Path(args.graph))  # before the node families: a JSON typo never imports torch
     registry = load_registry(args.registry)
     runtime = make_runtime(args, registry)
-    graph = apply_sets(graph_from_document(doc, registry), args.set)
+    warnings: list[str] = []
+    graph = apply_sets(load_graph(doc, registry, runtime, warnings), args.set)
     problems = Engine(registry, runtime).validate(graph)
+    if args.strict and warnings:
+        print(f"error: {len(warnings)} warning(s) under --strict:", file=sys.stderr)
+        for w in warnings:
+            print(f"  - {w}", file=sys.stderr)
+        if problems:
+            print_problems(problems)
+        return 1
+    print_warnings(warnings)
     if problems:
         print_problems(problems)
         return 1
@@ -268,45 +294,52 @@ def make_runtime(args, registry: Registry) -> Any:
         raise CliError(str(exc)) from None
 
 
-def load_graph(path_text: str, registry: Registry) -> Graph:
-    return graph_from_document(read_document(path_text), registry)
-
-
-def graph_from_document(doc: Any, registry: Registry) -> Graph:
-    if is_comfy_api(doc):
-        return from_comfy_api(doc, registry)
-    return Graph.from_dict(doc, registry)
-
-
-def read_document(path_text: str) -> Any:
-    """The graph document in a file (JSON, or a PNG's metadata), read before any node family is imported."""
-    path = Path(path_text)
+def load_document(path: Path) -> Any:
+    """The JSON document in a file: a .json file, or the text chunks of a PNG saved by ipgraph
+    (``ipgraph``) or ComfyUI (``prompt``: the API-format prompt that ran, else ``workflow``: the editor's graph)."""
     if not path.exists():
         from ipgraph.graphs import bundled
 
-        found = bundled().get(path.stem if path.suffix == ".json" and path.parent == Path(".") else path_text)
+        found = bundled().get(path.stem if path.suffix == ".json" and path.parent == Path(".") else str(path))
         if found is None:
             raise CliError(f"no such graph file: {path} (`ipgraph graphs` lists the bundled ones)")
         path = found
     if path.is_dir():
         raise CliError(f"{path} is a folder; give a graph file (.json or .png)")
     if path.suffix.lower() == ".png":
-        from ipgraph.nodes.image.image_io import GraphMetadataError, graph_from_png
+        from PIL import Image, UnidentifiedImageError
 
         try:
-            doc = graph_from_png(path)
-        except GraphMetadataError as exc:
-            raise CliError(str(exc)) from None
-        if doc is None:
-            raise CliError(f"{path} carries no ipgraph graph in its metadata")
-    else:
-        try:
-            doc = parse_json(path.read_bytes())
-        except GraphFormatError as exc:
-            raise CliError(f"{path}: {exc}") from None
-        except OSError as exc:
-            raise CliError(f"{path} could not be read ({exc.strerror or exc})") from None
-    return doc
+            with Image.open(path) as image:
+                info = dict(image.info)
+        except Image.DecompressionBombError:
+            raise CliError(f"{path} is larger than the image pixel limit allows; it was not opened") from None
+        except (UnidentifiedImageError, OSError) as exc:
+            raise CliError(f"{path} is not a readable PNG: {exc}") from None
+        for key in ("ipgraph", "prompt", "workflow"):
+            if isinstance(info.get(key), str):
+                try:
+                    return parse_json(info[key])
+                except GraphFormatError as exc:
+                    raise CliError(f"{path}: its {key!r} text chunk is broken: {exc}") from None
+        raise CliError(f"{path} carries no graph in its metadata (no ipgraph, prompt or workflow text chunk)")
+    try:
+        return parse_json(path.read_bytes())
+    except GraphFormatError as exc:
+        raise CliError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise CliError(f"{path} could not be read ({exc.strerror or exc})") from None
+
+
+def load_graph(doc: Any, registry: Registry, runtime: Any = None, warnings: list[str] | None = None) -> Graph:
+    """The graph of a document read by :func:`load_document` (ipgraph/1, ComfyUI API or UI format)."""
+
+    def object_info() -> dict:
+        from ipgraph.server.comfy_api import object_info as describe
+
+        return describe(registry, runtime)
+
+    return graph_from_document(doc, registry, object_info, warnings)
 
 
 def apply_sets(graph: Graph, sets: list[str]) -> Graph:
@@ -323,6 +356,11 @@ def apply_sets(graph: Graph, sets: list[str]) -> Graph:
             value = raw
         graph.set(node_id, input_name, value)
     return graph
+
+
+def print_warnings(warnings: list[str]) -> None:
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
 
 
 def print_problems(problems) -> None:

@@ -2,7 +2,7 @@
 
 They are random-weight models in the real architectures and file formats, loaded through exactly the code
 path real files take: ``sd`` (SD1.5 / SDXL checkpoints, VAEs, diffusers folders), ``ipadapter`` (CLIP vision
-encoders, h94 IP-Adapter files), ``controlnet`` (original-layout files and diffusers folders). ``common``
+encoders, h94 IP-Adapter files), ``controlnet`` (original-layout files and diffusers folders), ``upscale`` (a Real-ESRGAN x4 .pth). ``common``
 holds what the writers share. New families add their writer here and a line to :func:`write_all`.
 """
 
@@ -20,20 +20,26 @@ def write_all(models_dir: Path) -> list[Path]:
     from .ipadapter import (
         tiny_ipadapter_paths,
         tiny_ipadapters_fresh,
+        tiny_preset_ipadapter_paths,
         write_tiny_clip_vision,
         write_tiny_ipadapters,
+        write_tiny_preset_ipadapters,
     )
     from .sd import build_tiny, ensure_tiny_models
+    from .upscale import write_tiny_upscale_models
 
     with _lock:
         paths = list(ensure_tiny_models(models_dir).values())
         paths += list(write_tiny_clip_vision(models_dir).values())
-        if tiny_ipadapters_fresh(models_dir):
-            paths += list(tiny_ipadapter_paths(models_dir).values())
-        else:
+        presets = tiny_preset_ipadapter_paths(models_dir)
+        if tiny_ipadapters_fresh(models_dir) and all(p.exists() for p in presets.values()):
+            paths += list(tiny_ipadapter_paths(models_dir).values()) + list(presets.values())
+        else:  # building the two UNets costs a second: only when a file is missing or stale
             unets = {"sd15": build_tiny("sd15")["unet"], "sdxl": build_tiny("sdxl")["unet"]}
             paths += list(write_tiny_ipadapters(models_dir, unets).values())
+            paths += list(write_tiny_preset_ipadapters(models_dir, unets).values())
         paths += list(write_tiny_controlnets(models_dir).values())
+        paths += list(write_tiny_upscale_models(models_dir).values())
     return paths
 
 
