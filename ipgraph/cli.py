@@ -93,6 +93,7 @@ def build_parser(training: bool = False) -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a graph and print every problem")
     val.add_argument("graph")
     val.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE")
+    val.add_argument("--input-dir", help="where input images are looked up (default ./input)")
     add_limit_options(val)
     val.add_argument("--strict", action="store_true",
                      help="treat warnings (inputs a node does not have, unreadable widget values) as errors")

@@ -34,7 +34,7 @@ def _comfy_job(state: State, job: Job, detail: bool = False) -> dict:
         error = {"node_id": job.error.get("node_id"), "node_type": job.error.get("node_type"),
                  "exception_message": job.error.get("message", ""),
                  "exception_type": job.error.get("exception_type", ""),
-                 "traceback": (job.error.get("traceback") or "").splitlines(),
+                 "traceback": [],  # never sent to clients: the server's log has it
                  "current_inputs": {}, "current_outputs": {}}
     out = {
         "id": job.id, "status": STATUS_TO_COMFY.get(job.status, job.status), "priority": num(job.number),

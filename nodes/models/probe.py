@@ -34,9 +34,12 @@ def unreadable_reason(path: Path) -> str | None:
                 if length > min(MAX_HEADER_BYTES, size - 8):
                     return (f"{path.name} is not a readable safetensors file: its header claims {length} bytes "
                             f"but the file has {size} (truncated, or not safetensors)")
-                json.loads(f.read(length))
-                if size <= 8 + length and length > 2:
-                    return f"{path.name} is truncated: it has a header but no tensor data"
+                header = json.loads(f.read(length))
+                ends = [v["data_offsets"][1] for k, v in header.items()
+                        if k != "__metadata__" and isinstance(v, dict) and len(v.get("data_offsets", ())) == 2]
+                if ends and 8 + length + max(ends) > size:
+                    return (f"{path.name} is truncated: its header describes {8 + length + max(ends)} bytes but the "
+                            f"file has {size} (an interrupted download?)")
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         return f"{path.name} is not a readable safetensors file ({type(exc).__name__}); it may be corrupt"
     if suffix in PICKLE_SUFFIXES and suffix != ".ipadpt" and not (head.startswith(ZIP_MAGIC) or

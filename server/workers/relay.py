@@ -136,12 +136,13 @@ class Relay:
         if node_id:
             prev = self.states.get(node_id, {})
             self._state(node_id, "error", prev.get("value", 0), prev.get("max", 1))
-        tb = error.get("traceback") or ""
+        if error.get("traceback"):  # for the operator's log; clients never see Python internals
+            log.info("job %s failed in node %s:\n%s", self.pid, node_id, error["traceback"])
         self.send("execution_error", {
             "prompt_id": self.pid, "node_id": node_id, "node_type": error.get("node_type"),
             "executed": list(self.executed), "exception_message": error.get("message", ""),
             "exception_type": error.get("exception_type", "Exception"),
-            "traceback": tb.splitlines(keepends=True) if isinstance(tb, str) else list(tb),
+            "traceback": [],
             "current_inputs": {k: [v] for k, v in (error.get("inputs") or {}).items()},
             "current_outputs": list(self.executed), "timestamp": now_ms()}, keep=True)
 
