@@ -142,6 +142,8 @@ class Graph:
         """Read a document; unknown node types are kept so validation can report them all at once."""
         if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), dict):
             raise GraphFormatError('an ipgraph document is an object with a "nodes" object')
+        if json_depth(doc) > MAX_JSON_DEPTH:
+            raise GraphFormatError(f"the document is nested more than {MAX_JSON_DEPTH} levels deep")
         if doc.get("format", FORMAT) != FORMAT:
             raise GraphFormatError(f"unsupported format {doc.get('format')!r}; expected {FORMAT!r}")
         graph = cls(registry)
@@ -178,11 +180,38 @@ class Graph:
 
     @classmethod
     def from_json(cls, text: str, registry: Registry | None = None) -> Graph:
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise GraphFormatError(f"not valid JSON: {exc}") from None
-        return cls.from_dict(doc, registry)
+        return cls.from_dict(parse_json(text), registry)
+
+
+MAX_JSON_DEPTH = 100  # graph documents nest a few levels; thousands of levels are an attack, not a graph
+
+
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads`` for documents from outside: bad JSON and absurd nesting become a GraphFormatError."""
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise GraphFormatError(f"the JSON is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GraphFormatError(f"not valid JSON: {exc}") from None
+    if json_depth(doc) > MAX_JSON_DEPTH:
+        raise GraphFormatError(f"the JSON is nested more than {MAX_JSON_DEPTH} levels deep")
+    return doc
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value (iterative, so a hostile document cannot overflow the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            if depth > MAX_JSON_DEPTH:
+                return depth
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def _parse_value(value: Any) -> Any:

@@ -97,6 +97,10 @@ def validate(graph: Graph, resources: Any = None, outputs: list[str] | None = No
                     f"expects a link of type {spec.socket}, got the literal {_short(value)}", entry.type)
                 input_ok = False
                 continue
+            if isinstance(value, bool) and spec.widget_type in ("INT", "FLOAT"):
+                add(node_id, name, "invalid_value", f"expects a number, got the boolean {_short(value)}", entry.type)
+                input_ok = False
+                continue
             try:
                 literals[name] = spec.adapter.validate_python(value)
             except ValidationError as exc:

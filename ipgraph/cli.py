@@ -26,6 +26,13 @@ from ipgraph.engine import (
     events,
 )
 from ipgraph.engine.comfy import graph_from_document
+from ipgraph.engine.graph import parse_json
+
+
+def add_limit_options(parser) -> None:
+    from ipgraph.limits import add_limit_options as add
+
+    add(parser)
 
 
 class CliError(Exception):
@@ -42,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         from ipgraph.server.workers.remote import main as worker_main
 
         return int(worker_main(argv[1:]) or 0)
-    parser = build_parser()
+    parser = build_parser(training=argv[:1] in (["train"], ["convert"]))
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
@@ -59,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(training: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ipgraph", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command")
@@ -79,12 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     run.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="model dtype")
     run.add_argument("--repeat", type=int, default=1, help="run N times (later runs hit the cache)")
+    add_limit_options(run)
     common(run)
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check a graph and print every problem")
     val.add_argument("graph")
     val.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE")
+    val.add_argument("--input-dir", help="where input images are looked up (default ./input)")
+    add_limit_options(val)
     val.add_argument("--strict", action="store_true",
                      help="treat warnings (inputs a node does not have, unreadable widget values) as errors")
     common(val)
@@ -95,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(nodes)
     nodes.set_defaults(func=cmd_nodes)
 
-    models = sub.add_parser("models", help="model files")
+    models = sub.add_parser("models", help="model files (ipgraph models tiny | list)")
+    models.set_defaults(func=lambda args: (models.print_help(), 2)[1])
     models_sub = models.add_subparsers(dest="models_command")
     tiny = models_sub.add_parser("tiny", help="write the tiny random-weight models (real formats)")
     tiny.add_argument("--models-dir")
@@ -112,9 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     graphs.set_defaults(func=cmd_graphs)
 
     sub.add_parser("serve", help="run the HTTP/websocket server and the web editor (ipgraph serve --help)")
-    from ipgraph.nodes.training.cli import add_subcommands as add_training_subcommands
+    if training:  # its options need the node families (and torch): built only when asked for
+        from ipgraph.nodes.training.cli import add_subcommands as add_training_subcommands
 
-    add_training_subcommands(sub)  # train ipadapter, convert ipadapter
+        add_training_subcommands(sub)  # train ipadapter, convert ipadapter
+    else:
+        sub.add_parser("train", help="train an IP-Adapter (ipgraph train ipadapter --help)")
+        sub.add_parser("convert", help="convert a reference training checkpoint (ipgraph convert ipadapter --help)")
     sub.add_parser("worker", help="run jobs of a server on this machine (ipgraph worker --help)")
     return parser
 
@@ -122,10 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
 # -- commands -----------------------------------------------------------------------------------------
 
 def cmd_run(args) -> int:
+    doc = load_document(Path(args.graph))  # before the node families: a JSON typo never imports torch
     registry = load_registry(args.registry)
     runtime = make_runtime(args, registry)
     warnings: list[str] = []
-    graph = apply_sets(load_graph(args.graph, registry, runtime, warnings), args.set)
+    graph = apply_sets(load_graph(doc, registry, runtime, warnings), args.set)
     print_warnings(warnings)
     if registry is default_registry():
         from ipgraph.nodes.tiny import ensure_for_graph
@@ -161,10 +177,11 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    doc = load_document(Path(args.graph))  # before the node families: a JSON typo never imports torch
     registry = load_registry(args.registry)
     runtime = make_runtime(args, registry)
     warnings: list[str] = []
-    graph = apply_sets(load_graph(args.graph, registry, runtime, warnings), args.set)
+    graph = apply_sets(load_graph(doc, registry, runtime, warnings), args.set)
     problems = Engine(registry, runtime).validate(graph)
     if args.strict and warnings:
         print(f"error: {len(warnings)} warning(s) under --strict:", file=sys.stderr)
@@ -266,11 +283,16 @@ def load_registry(spec: str | None) -> Registry:
 def make_runtime(args, registry: Registry) -> Any:
     if registry is not default_registry():
         return None
+    from ipgraph.limits import SPECS, Limits
     from ipgraph.nodes.core.runtime import Runtime
 
-    return Runtime.create(models_dir=getattr(args, "models_dir", None), output_dir=getattr(args, "output_dir", None),
-                          input_dir=getattr(args, "input_dir", None), device=getattr(args, "device", None),
-                          dtype=getattr(args, "dtype", None))
+    try:
+        limits = Limits.create(**{spec.field: getattr(args, spec.field, None) for spec in SPECS})
+        return Runtime.create(models_dir=getattr(args, "models_dir", None),
+                              output_dir=getattr(args, "output_dir", None), input_dir=getattr(args, "input_dir", None),
+                              device=getattr(args, "device", None), dtype=getattr(args, "dtype", None), limits=limits)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def load_document(path: Path) -> Any:
@@ -283,29 +305,35 @@ def load_document(path: Path) -> Any:
         if found is None:
             raise CliError(f"no such graph file: {path} (`ipgraph graphs` lists the bundled ones)")
         path = found
+    if path.is_dir():
+        raise CliError(f"{path} is a folder; give a graph file (.json or .png)")
     if path.suffix.lower() == ".png":
         from PIL import Image, UnidentifiedImageError
 
         try:
             with Image.open(path) as image:
                 info = dict(image.info)
+        except Image.DecompressionBombError:
+            raise CliError(f"{path} is larger than the image pixel limit allows; it was not opened") from None
         except (UnidentifiedImageError, OSError) as exc:
             raise CliError(f"{path} is not a readable PNG: {exc}") from None
         for key in ("ipgraph", "prompt", "workflow"):
             if isinstance(info.get(key), str):
                 try:
-                    return json.loads(info[key])
-                except json.JSONDecodeError as exc:
-                    raise CliError(f"{path}: its {key!r} text chunk is not valid JSON: {exc}") from None
+                    return parse_json(info[key])
+                except GraphFormatError as exc:
+                    raise CliError(f"{path}: its {key!r} text chunk is broken: {exc}") from None
         raise CliError(f"{path} carries no graph in its metadata (no ipgraph, prompt or workflow text chunk)")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CliError(f"{path} is not valid JSON: {exc}") from None
+        return parse_json(path.read_bytes())
+    except GraphFormatError as exc:
+        raise CliError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise CliError(f"{path} could not be read ({exc.strerror or exc})") from None
 
 
-def load_graph(path_text: str, registry: Registry, runtime: Any = None, warnings: list[str] | None = None) -> Graph:
-    doc = load_document(Path(path_text))
+def load_graph(doc: Any, registry: Registry, runtime: Any = None, warnings: list[str] | None = None) -> Graph:
+    """The graph of a document read by :func:`load_document` (ipgraph/1, ComfyUI API or UI format)."""
 
     def object_info() -> dict:
         from ipgraph.server.comfy_api import object_info as describe

@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-gb", type=float, default=2.0, help="output cache size (GB)")
     p.add_argument("--no-frontend", action="store_true", help="API only, no web editor at /")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    from ipgraph.limits import add_limit_options
+
+    add_limit_options(p)
     w = p.add_argument_group("workers (server/README.md, 'Workers')")
     w.add_argument("--workers", default=os.environ.get("IPGRAPH_WORKERS", "inprocess"),
                    help="inprocess (default), local:N, ray, ray:N, ray://HOST:PORT, or none (remote workers only)")
@@ -52,9 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace):
+    from ipgraph.limits import SPECS, Limits
+
     from .app import ServerConfig
 
+    try:
+        limits = Limits.create(**{spec.field: getattr(args, spec.field, None) for spec in SPECS})
+    except ValueError as exc:
+        raise SystemExit(f"ipgraph serve: {exc}") from None
     return ServerConfig(
+        limits=limits,
         data_dir=Path(args.data_dir).resolve(),
         models_dir=Path(args.models_dir).resolve() if args.models_dir else None,
         host=args.host, port=args.port, token=args.token,

@@ -71,6 +71,12 @@ def create_app(config: ServerConfig | None = None, registry: Registry | None = N
         return JSONResponse({"error": {"type": "http_error", "message": str(exc.detail), "details": "",
                                        "extra_info": {}}}, status_code=exc.status_code)
 
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception):  # a bug, never a traceback to the client
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": {"type": "internal_error", "message": f"internal error ({type(exc).__name__})",
+                                       "details": "", "extra_info": {}}}, status_code=500)
+
     app.include_router(native_router(state))
     app.include_router(worker_router(state))
     router = APIRouter()

@@ -34,7 +34,7 @@ def _comfy_job(state: State, job: Job, detail: bool = False) -> dict:
         error = {"node_id": job.error.get("node_id"), "node_type": job.error.get("node_type"),
                  "exception_message": job.error.get("message", ""),
                  "exception_type": job.error.get("exception_type", ""),
-                 "traceback": (job.error.get("traceback") or "").splitlines(),
+                 "traceback": [],  # never sent to clients: the server's log has it
                  "current_inputs": {}, "current_outputs": {}}
     out = {
         "id": job.id, "status": STATUS_TO_COMFY.get(job.status, job.status), "priority": num(job.number),
@@ -86,8 +86,8 @@ def comfy_router(state: State) -> APIRouter:
     async def post_prompt(request: Request):
         try:
             body = await json_body(request, {})
-        except HTTPException:
-            return error(400, "invalid_prompt", "the request body is not valid JSON")
+        except HTTPException as exc:
+            return error(400, "invalid_prompt", str(exc.detail))
         if not isinstance(body, dict) or "prompt" not in body:
             return error(400, "no_prompt", "No prompt provided", "")
         prompt = body["prompt"]
@@ -269,8 +269,10 @@ def comfy_router(state: State) -> APIRouter:
     async def upload_image(request: Request):
         try:
             form = await request.form(max_files=1, max_fields=8)
+        except HTTPException:
+            raise
         except Exception as exc:
-            raise HTTPException(400, f"bad multipart body: {exc}") from None
+            raise HTTPException(400, f"bad multipart body: {exc or type(exc).__name__}") from None
         image = form.get("image")
         if not isinstance(image, UploadFile):
             raise HTTPException(400, "the form needs an 'image' file")

@@ -16,7 +16,7 @@ import unicodedata
 import warnings
 from pathlib import Path, PurePosixPath
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 ALLOWED_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
 MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
@@ -84,7 +84,8 @@ def decode_image(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
                 raise BadUpload(f"unsupported image format {fmt!r}; use PNG, JPEG, WEBP, GIF or BMP")
             w, h = probe.size
             if w <= 0 or h <= 0 or w * h > max_pixels:
-                raise BadUpload(f"image is {w}x{h} pixels; the limit is {max_pixels} pixels")
+                raise BadUpload(f"the image is {w}x{h} pixels; the limit is {max_pixels} pixels (the server's "
+                                f"--max-pixels option or $IPGRAPH_MAX_PIXELS raises it)")
             n_frames = getattr(probe, "n_frames", 1)
             if n_frames * w * h > max_pixels * 4:
                 raise BadUpload("animated image has too many pixels in total")
@@ -94,6 +95,8 @@ def decode_image(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadUpload(f"image rejected as a decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        raise BadUpload("the file is not an image (expected PNG, JPEG, WEBP, GIF or BMP data)") from None
     except Exception as exc:
         raise BadUpload(f"not a readable image: {type(exc).__name__}: {exc}") from None
 

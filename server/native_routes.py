@@ -25,6 +25,8 @@ def native_router(state: State) -> APIRouter:
 
     def job_view(job: Job) -> dict:
         out = job.to_dict()
+        if isinstance(out.get("error"), dict):
+            out["error"] = {k: v for k, v in out["error"].items() if k != "traceback"}
         out["images"] = [{**img, "url": f"/view?filename={img['filename']}&subfolder={img.get('subfolder', '')}"
                           f"&type={img.get('type', 'output')}"} for img in job_images(job)]
         return out

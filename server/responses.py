@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
+
+from ipgraph.engine.graph import GraphFormatError, parse_json
 
 from .store import Job
 
@@ -22,9 +23,10 @@ async def json_body(request: Request, default: Any = None) -> Any:
     if not raw:
         return default
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise HTTPException(400, "the request body is not valid JSON") from None
+        return parse_json(raw)
+    except GraphFormatError as exc:
+        detail = str(exc) if "nested" in str(exc) else "the request body is not valid JSON"
+        raise HTTPException(400, detail) from None
 
 
 def job_images(job: Job) -> list[dict]:

@@ -17,6 +17,8 @@ import json
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qs, urlsplit
 
+from fastapi import HTTPException
+
 COOKIE = "ipgraph_token"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
@@ -30,6 +32,10 @@ def _host_only(host: str) -> str:
     if host.startswith("["):
         return host[: host.find("]") + 1] if "]" in host else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class BodyTooLarge(HTTPException):
+    """Raised while reading a body that grew past the limit; answered as 413 with a JSON reason."""
 
 
 class SecurityMiddleware:
@@ -98,8 +104,8 @@ class SecurityMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > limit:
-                    return {"type": "http.disconnect"}
+                if seen > limit:  # a chunked body has no Content-Length to refuse up front
+                    raise BodyTooLarge(413, f"the request body is larger than {limit} bytes")
             return message
 
         return wrapped

@@ -16,6 +16,7 @@ from typing import Any
 from ipgraph.engine import Engine, Graph, Registry
 from ipgraph.engine.comfy import graph_from_document, to_comfy_api
 from ipgraph.graphs import GRAPHS_DIR
+from ipgraph.limits import Limits
 
 from .hub import Hub
 from .store import PENDING, Job, JobStore
@@ -51,6 +52,7 @@ class ServerConfig:
     max_upload_bytes: int = 32 * 1024 * 1024
     max_upload_pixels: int | None = None  # default: the runtime's max_pixels
     cache_bytes: int = 2 * 1024**3
+    limits: Limits | None = None  # image sizes and work per job; None: flags' defaults and the environment
     serve_frontend: bool = True
     prepare_tiny_models: bool = True  # generate the tiny demo models the bundled graphs name (default registry)
     workers: str = "inprocess"  # inprocess | local:N | ray | ray:N | ray://HOST:PORT | none (server/workers)
@@ -98,7 +100,8 @@ def default_runtime(config: ServerConfig):
     from ipgraph.nodes.core.runtime import Runtime
 
     return Runtime.create(models_dir=config.models_dir, output_dir=config.output_dir, input_dir=config.input_dir,
-                          temp_dir=config.temp_dir, allow_absolute_paths=False)
+                          temp_dir=config.temp_dir, allow_absolute_paths=False,
+                          limits=config.limits or Limits.create())
 
 
 class State:

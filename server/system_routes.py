@@ -156,4 +156,21 @@ def system_stats(state: State) -> dict:
                        "python_version": sys.version.split()[0], "pytorch_version": torch_version,
                        "embedded_python": False, "argv": ["ipgraph", "serve"]},
             "devices": devices,
-            "workers": state.worker.describe()}  # ipgraph: every worker, its device and the job it runs
+            "workers": state.worker.describe(),  # ipgraph: every worker, its device and the job it runs
+            "ipgraph": {"limits": _limits(state)}}
+
+
+def _limits(state: State) -> dict:
+    """The user-set limits in force, with the option and variable that change each."""
+    from ipgraph.limits import SPECS
+
+    limits = getattr(state.runtime, "limits", None)
+    if limits is None:
+        return {}
+    out = {spec.field: {"value": getattr(limits, spec.field), "option": spec.flag, "env": spec.env,
+                        "meaning": spec.meaning} for spec in SPECS}
+    out["max_upload_pixels"] = {"value": state.max_pixels, "option": "--max-pixels", "env": "IPGRAPH_MAX_PIXELS",
+                                "meaning": "largest uploaded image, in pixels"}
+    out["max_upload_bytes"] = {"value": state.config.max_upload_bytes, "option": "--max-upload-mb",
+                               "meaning": "largest upload, in bytes"}
+    return out

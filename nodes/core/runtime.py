@@ -8,12 +8,13 @@ folder comes from ``--models-dir``, else ``$IPGRAPH_MODELS_DIR``, else ``./model
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from ipgraph.graphs import ASSETS_DIR
+from ipgraph.limits import Limits
 
 MODEL_KINDS = ("checkpoints", "vae", "clip_vision", "ipadapter", "controlnet", "embeds", "embeddings", "upscale_models")
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".ipadpt")
@@ -25,6 +26,24 @@ class ModelNotFound(FileNotFoundError):
 
 def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def parse_device(spec) -> torch.device:
+    """A torch device from user text, refused with a sentence when it is not one this machine has."""
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{spec!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {spec!r} was asked for but this machine has no CUDA GPU; use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {spec!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{spec!r} is not a supported device; use cpu, cuda or cuda:N")
+    return device
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -39,7 +58,7 @@ class Runtime:
     input_dir: Path
     device: torch.device
     dtype: torch.dtype
-    max_pixels: int = 2048 * 2048  # larger images are refused before anything is allocated
+    limits: Limits = field(default_factory=Limits)  # image sizes and work a job may ask (see limits.py)
     allow_absolute_paths: bool = True  # the server turns this off: users may only read its input folder
     memory_budget_bytes: int | None = None  # model manager budget on the device; None = automatic
     temp_dir: Path | None = None  # PreviewImage files (default: <output_dir>/../temp)
@@ -50,16 +69,28 @@ class Runtime:
         if self.temp_dir is None:
             self.temp_dir = self.output_dir.parent / "temp"
 
+    @property
+    def max_pixels(self) -> int:
+        """Largest input image in pixels (``limits.max_pixels``)."""
+        return self.limits.max_pixels
+
+    @max_pixels.setter
+    def max_pixels(self, value: int) -> None:
+        self.limits = replace(self.limits, max_pixels=int(value))
+
     @classmethod
     def create(cls, models_dir=None, output_dir=None, input_dir=None, device=None, dtype=None,
                **kwargs) -> Runtime:
         models_dir = Path(models_dir or os.environ.get("IPGRAPH_MODELS_DIR") or "models").resolve()
         output_dir = Path(output_dir or os.environ.get("IPGRAPH_OUTPUT_DIR") or "output").resolve()
         input_dir = Path(input_dir or os.environ.get("IPGRAPH_INPUT_DIR") or "input").resolve()
-        device = torch.device(device or os.environ.get("IPGRAPH_DEVICE") or default_device())
+        device = parse_device(device or os.environ.get("IPGRAPH_DEVICE") or default_device())
         if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
             dtype = getattr(torch, dtype)
         dtype = dtype or default_dtype(device)
+        kwargs.setdefault("limits", Limits.create())
         return cls(models_dir, output_dir, input_dir, device, dtype, **kwargs)
 
     @property
@@ -94,6 +125,8 @@ class Runtime:
 
     def model_path(self, kind: str, name: str) -> Path:
         """Resolve a model name inside its kind's folder; never outside it."""
+        if not isinstance(name, str) or not name or any(ord(c) < 32 for c in name):
+            raise ModelNotFound(f"{name!r} is not a file name (empty, or it holds control characters)")
         folder = self.model_folder(kind).resolve()
         path = (folder / name).resolve()
         if folder not in path.parents and path != folder:
@@ -106,6 +139,8 @@ class Runtime:
 
     def image_path(self, name: str) -> Path:
         """An input image: absolute (CLI only), in the input folder, or one of the bundled demo assets."""
+        if not isinstance(name, str) or not name or any(ord(c) < 32 for c in name):
+            raise FileNotFoundError(f"{name!r} is not a file name (empty, or it holds control characters)")
         candidate = Path(name)
         if candidate.is_absolute():
             if not self.allow_absolute_paths:

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import Field
 
+from ..models.probe import unreadable_reason
 from .runtime import ModelNotFound, Runtime, file_fingerprint
 
 
@@ -27,6 +28,10 @@ def model_file_check(kind: str, inspect: Callable[[Path], Iterable[str]] | None 
             path = runtime.model_path(kind, literals[field])
         except ModelNotFound as exc:
             yield field, str(exc)
+            return
+        problem = unreadable_reason(path)
+        if problem:
+            yield field, problem
             return
         for sentence in inspect(path) if inspect else ():
             yield field, sentence

@@ -12,6 +12,7 @@ import torch
 from pydantic import Field
 
 from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
+from ipgraph.limits import check_output_size, raise_hint
 
 from ..core.types import Latent, VaeHandle
 from ..core.widgets import runtime_of
@@ -33,10 +34,12 @@ OLD_LATENT = {"latent": "LATENT"}  # ipgraph/1 documents named the output in low
 
 
 def _size_check(literals: dict, runtime):
-    limit = getattr(runtime, "max_pixels", None)
-    if limit and literals["width"] * literals["height"] > limit:
-        yield "width", (f"{literals['width']}x{literals['height']} is above the pixel limit of {limit} "
-                        "(raise it with --max-pixels if you mean it)")
+    limits = getattr(runtime, "limits", None)
+    width, height = literals.get("width"), literals.get("height")
+    if limits is not None and isinstance(width, int) and isinstance(height, int):
+        problem = check_output_size(width, height, limits)
+        if problem:
+            yield "width", problem
 
 
 @node("EmptyLatentImage", category="latent", check=_size_check, display_name="Empty Latent Image",
@@ -60,7 +63,8 @@ def check_pixels(images: torch.Tensor, runtime) -> None:
         raise ValueError(f"the image is {width}x{height}; both sides must be divisible by 8 "
                          "(resize or crop it first, e.g. with ImageScale)")
     if runtime is not None and height * width > runtime.max_pixels:
-        raise ValueError(f"the image is {width}x{height}, above the pixel limit of {runtime.max_pixels}")
+        raise ValueError(f"the image is {width}x{height}, above the pixel limit of {runtime.max_pixels}; "
+                         f"{raise_hint('max_pixels')}")
 
 
 @torch.no_grad()

@@ -39,6 +39,7 @@ from PIL import Image
 from pydantic import Field
 
 from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
+from ipgraph.limits import LimitError, check_output_size, check_work
 
 from ..core.patches import install_patches, patch_installer
 from ..core.types import Conditioning, Latent, ModelHandle, SamplingState
@@ -365,6 +366,7 @@ def ksampler_advanced(inp: KSamplerAdvancedIn, ctx: NodeContext) -> LatentOut:
 def sample_node(ctx: NodeContext, model: ModelHandle, positive, negative, latent: Latent, *, cfg, sampler, plan,
                 seed, runtime, add_noise: bool = True) -> SampleResult:
     """What every sampler node does: move the models to the device, sample, report progress."""
+    check_job_size(latent, max(0, plan.stop - plan.start), runtime)
     latent = with_inpaint_concat(latent, model)
     conds = [c for c in (positive, negative) if c is not None]
     with runtime.models.on_device(model.unet, *_control_models(*conds)):
@@ -389,6 +391,15 @@ def with_inpaint_concat(latent: Latent, model: ModelHandle) -> Latent:
     if mask.shape[0] != samples.shape[0]:
         mask = mask[:1].expand(samples.shape[0], -1, -1, -1)
     return latent.replace(concat=torch.cat([mask, samples], dim=1))
+
+
+def check_job_size(latent: Latent, steps: int, runtime) -> None:
+    """The user's output-size and work limits, checked before the first step (frames count as batch)."""
+    batch, _, h, w = latent.samples.shape
+    problem = check_output_size(w * 8, h * 8, runtime.limits)
+    if problem:
+        raise LimitError(problem)
+    check_work(batch, w * 8, h * 8, steps, runtime.limits)
 
 
 def check_latent_fits_model(latent: Latent, model: ModelHandle) -> None:

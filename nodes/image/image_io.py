@@ -18,6 +18,8 @@ from pydantic import Field
 
 from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
 from ipgraph.engine.comfy import to_comfy_api
+from ipgraph.engine.graph import GraphFormatError, parse_json
+from ipgraph.limits import raise_hint
 
 from ..core.runtime import Runtime
 from ..core.widgets import image_file_fingerprint, runtime_of
@@ -29,18 +31,42 @@ class ImageFileError(ValueError):
     pass
 
 
-def open_image(path: Path, max_pixels: int) -> Image.Image:
-    """Open an image safely: the size is checked from the header before any pixel is decoded."""
+def open_image(path: Path, max_pixels: int, downscale: bool = False) -> Image.Image:
+    """Open an image safely: the size is checked from the header before any pixel is decoded.
+
+    Above ``max_pixels`` the image is refused, or with ``downscale`` decoded at a reduced size (JPEG draft
+    mode where possible) and resized to fit, keeping its aspect ratio.
+    """
     try:
         with Image.open(path) as probe:
             width, height = probe.size
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:
+        width = height = None
+    except (UnidentifiedImageError, OSError) as exc:
         raise ImageFileError(f"{path.name} is not a readable image ({exc})") from None
-    if width * height > max_pixels:
-        raise ImageFileError(f"{path.name} is {width}x{height}, above the limit of {max_pixels} pixels")
-    image = Image.open(path)
-    image.load()
+    too_big = width is None or width * height > max_pixels
+    if too_big and not downscale:
+        size = "larger than PIL's decompression-bomb limit" if width is None else f"{width}x{height}"
+        raise ImageFileError(f"{path.name} is {size}, above the limit of {max_pixels} pixels; "
+                             f"{raise_hint('max_pixels')}, or downscale large inputs with --oversize-images "
+                             "downscale")
+    if too_big and width is None:
+        raise ImageFileError(f"{path.name} is too large to open even for downscaling (a decompression bomb?)")
+    try:
+        image = Image.open(path)
+        if too_big:
+            scale = (max_pixels / (width * height)) ** 0.5
+            target = (max(1, int(width * scale)), max(1, int(height * scale)))
+            image.draft("RGB", target)
+            image = image.resize(target, Image.LANCZOS) if image.size != target else image
+        image.load()
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's decoders raise these on cut or corrupt data
+        raise ImageFileError(f"{path.name} could not be decoded ({exc}); the file is damaged or truncated") from None
     return ImageOps.exif_transpose(image)
+
+
+def _downscale(runtime) -> bool:
+    return getattr(getattr(runtime, "limits", None), "oversize_images", "refuse") == "downscale"
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -68,7 +94,7 @@ def _image_check(literals: dict, runtime: Runtime | None):
     if runtime is None:
         return
     try:
-        open_image(runtime.image_path(literals["image"]), runtime.max_pixels).close()
+        open_image(runtime.image_path(literals["image"]), runtime.max_pixels, _downscale(runtime)).close()
     except (FileNotFoundError, ImageFileError) as exc:
         yield "image", str(exc)
 
@@ -78,7 +104,7 @@ def _image_check(literals: dict, runtime: Runtime | None):
 def load_image(inp: LoadImageIn, ctx: NodeContext) -> LoadImageOut:
     """Load an image (and a mask from its alpha channel)."""
     runtime = runtime_of(ctx)
-    image = open_image(runtime.image_path(inp.image), runtime.max_pixels)
+    image = open_image(runtime.image_path(inp.image), runtime.max_pixels, _downscale(runtime))
     rgb = pil_to_tensor(image)
     if "A" in image.getbands():
         alpha = np.asarray(image.getchannel("A"), dtype=np.float32) / 255.0
@@ -108,10 +134,25 @@ def _png_info(ctx: NodeContext) -> PngImagePlugin.PngInfo:
     return info
 
 
-def save_images(images: torch.Tensor, folder: Path, prefix: str, ctx: NodeContext, kind: str) -> dict:
+def prefix_problem(prefix: str) -> str | None:
+    """Why a filename_prefix would write outside the output folder, or None (checked at validation too)."""
     prefix_path = Path(re.sub(r"[^A-Za-z0-9_./-]", "_", prefix))
-    if prefix_path.is_absolute() or ".." in prefix_path.parts:
-        raise ValueError(f"filename_prefix {prefix!r} must stay inside the output folder")
+    if prefix_path.is_absolute() or ".." in prefix_path.parts or prefix.startswith(("/", "\\")):
+        return f"filename_prefix {prefix!r} must stay inside the output folder (no absolute path, no '..')"
+    return None
+
+
+def prefix_check(literals: dict, runtime):
+    """Validation hook of every node that writes files under a filename_prefix."""
+    prefix = literals.get("filename_prefix")
+    if isinstance(prefix, str) and (problem := prefix_problem(prefix)):
+        yield "filename_prefix", problem
+
+
+def save_images(images: torch.Tensor, folder: Path, prefix: str, ctx: NodeContext, kind: str) -> dict:
+    if problem := prefix_problem(prefix):
+        raise ValueError(problem)
+    prefix_path = Path(re.sub(r"[^A-Za-z0-9_./-]", "_", prefix))
     subfolder = prefix_path.parent.as_posix() if prefix_path.parent != Path(".") else ""
     target = folder / subfolder
     target.mkdir(parents=True, exist_ok=True)
@@ -128,7 +169,7 @@ def save_images(images: torch.Tensor, folder: Path, prefix: str, ctx: NodeContex
     return {"images": saved}
 
 
-@node("SaveImage", category="image", output_node=True, display_name="Save Image")
+@node("SaveImage", category="image", output_node=True, display_name="Save Image", check=prefix_check)
 def save_image(inp: SaveImageIn, ctx: NodeContext) -> SaveImageOut:
     """Save PNGs to the output folder, with the graph embedded so `ipgraph run image.png` re-runs it."""
     runtime = runtime_of(ctx)
@@ -140,7 +181,7 @@ class PreviewImageIn(NodeInputs):
     images: Any = Socket("IMAGE")
 
 
-@node("PreviewImage", category="image", output_node=True, display_name="Preview Image")
+@node("PreviewImage", category="image", output_node=True, display_name="Preview Image", check=prefix_check)
 def preview_image(inp: PreviewImageIn, ctx: NodeContext) -> SaveImageOut:
     """Show images without keeping them (written to the temporary folder)."""
     runtime = runtime_of(ctx)
@@ -148,11 +189,25 @@ def preview_image(inp: PreviewImageIn, ctx: NodeContext) -> SaveImageOut:
     return SaveImageOut()
 
 
+class GraphMetadataError(ValueError):
+    """A PNG whose graph metadata cannot be read; the message is a sentence."""
+
+
 def graph_from_png(path: Path) -> dict | None:
-    """The graph document saved in a PNG by SaveImage (or a ComfyUI API prompt), or None."""
+    """The graph document saved in a PNG by SaveImage (or a ComfyUI API prompt), or None when it has none.
+
+    Only the PNG's text chunks are read, never its pixels, so a decompression bomb is harmless here.
+    """
     try:
         with Image.open(path) as image:
             text = image.info.get(PNG_GRAPH_KEY) or image.info.get("prompt")
-    except (UnidentifiedImageError, OSError):
+    except Image.DecompressionBombError:
+        raise GraphMetadataError(f"{Path(path).name} is larger than the image pixel limit allows") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise GraphMetadataError(f"{Path(path).name} is not a readable PNG ({exc})") from None
+    if not text:
         return None
-    return json.loads(text) if text else None
+    try:
+        return parse_json(text)
+    except GraphFormatError as exc:
+        raise GraphMetadataError(f"{Path(path).name}: the graph in its metadata is broken ({exc})") from None

@@ -13,7 +13,7 @@ comparison, a uint8 array from a PNG) behave predictably:
   value is 0 or 1 (a label mask), otherwise they are refused as ambiguous;
 * floating dtypes become float32 and are clamped to 0..1; NaN is refused;
 * an empty batch (any zero-sized axis) is refused, and so is a frame above the runtime's pixel limit
-  (``Runtime.max_pixels``, 2048x2048 unless raised).
+  (``Runtime.max_pixels``, 4096x4096 unless raised with --max-pixels).
 
 Grow/shrink are morphological max/min pooling (square or, with ``tapered_corners``, a 4-neighbour "plus"
 repeated, giving diamond corners), blur a separable Gaussian with replicated borders; all in torch (no OpenCV).
@@ -29,13 +29,14 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
+from ipgraph.limits import Limits, raise_hint
 
 from ..core.widgets import image_file_fingerprint
 from .image_io import ImageFileError, open_image
 
 MAX_SIDE = 16384
 MAX_AMOUNT = 4096
-DEFAULT_MAX_PIXELS = 2048 * 2048  # the Runtime default, used when a node runs without a Runtime
+DEFAULT_MAX_PIXELS = Limits().max_pixels  # the Runtime default, used when a node runs without a Runtime
 CATEGORY = "mask"
 
 COMPOSITE_OPS = ("multiply", "add", "subtract", "and", "or", "xor")
@@ -68,7 +69,8 @@ def as_mask(value: Any, name: str = "mask", max_pixels: int = DEFAULT_MAX_PIXELS
         raise ValueError(f"{name}: the MASK batch is empty (shape {shape})")
     height, width = value.shape[-2:]
     if height * width > max_pixels:
-        raise ValueError(f"{name}: the mask is {width}x{height}, above the pixel limit of {max_pixels}")
+        raise ValueError(f"{name}: the mask is {width}x{height}, above the pixel limit of {max_pixels}; "
+                         f"{raise_hint('max_pixels')}")
     if value.dtype == torch.bool:
         return value.float()
     if value.dtype == torch.uint8:
@@ -92,7 +94,8 @@ def _as_image(value: Any, name: str, max_pixels: int) -> torch.Tensor:
         raise ValueError(f"{name}: the IMAGE batch is empty (shape {list(value.shape)})")
     height, width = value.shape[1:3]
     if height * width > max_pixels:
-        raise ValueError(f"{name}: the image is {width}x{height}, above the pixel limit of {max_pixels}")
+        raise ValueError(f"{name}: the image is {width}x{height}, above the pixel limit of {max_pixels}; "
+                         f"{raise_hint('max_pixels')}")
     return value.float()
 
 
@@ -106,7 +109,7 @@ def _size_check(width_field: str = "width", height_field: str = "height", only_f
         limit = getattr(runtime, "max_pixels", None) or DEFAULT_MAX_PIXELS
         if isinstance(width, int) and isinstance(height, int) and width * height > limit:
             yield width_field, (f"{width}x{height} is above the pixel limit of {limit} "
-                                "(raise it with --max-pixels if you mean it)")
+                                f"({raise_hint('max_pixels')})")
 
     return check
 

@@ -32,6 +32,7 @@ from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket,
 
 from ..core.runtime import ASSETS_DIR, ModelNotFound, file_fingerprint
 from ..core.widgets import ModelName, runtime_of
+from ..models.pickles import PickleFileError, load_weights_only
 from . import IPAdapterWeights, check_pairing, embeds_for, unconditional_embeds
 from .clip_vision import ClipVision
 
@@ -136,10 +137,9 @@ def load_embeds(path: Path, adapter_index: int = 0, has_negative: bool = True,
         return ImageEmbeds(tensors["cond"], tensors.get("uncond"), meta["encoder_input"],
                            meta.get("clip_vision", ""), meta.get("adapter", ""))
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickled code is refused by weights_only, truncated files, ...
-        raise EmbedsFileError(f"{path.name} could not be read as embeds with a weights-only load "
-                              f"({exc.__class__.__name__}); only tensors and lists of tensors are accepted") from exc
+        data = load_weights_only(path, "embeds file")
+    except PickleFileError as exc:
+        raise EmbedsFileError(f"{exc} Only tensors and lists of tensors are accepted.") from None
     if isinstance(data, (list, tuple)):
         if not 0 <= adapter_index < len(data):
             raise EmbedsFileError(f"{path.name} holds embeds for {len(data)} adapter(s); adapter_index "
@@ -169,7 +169,10 @@ def embeds_path(runtime, name: str) -> Path:
     try:
         return runtime.model_path("embeds", name)
     except ModelNotFound:
-        candidate = (ASSETS_DIR / name).resolve()
+        try:
+            candidate = (ASSETS_DIR / name).resolve()
+        except (OSError, ValueError):  # a name no file can have
+            raise ModelNotFound(f"{name!r} is not a file name") from None
         if ASSETS_DIR.resolve() in candidate.parents and candidate.is_file():
             return candidate
         raise

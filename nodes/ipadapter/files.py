@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from ..models.pickles import PickleFileError, load_weights_only
 from .projection import build_image_proj
 
 ARCH_LAYERS = {"sd15": 16, "sdxl": 70}
@@ -204,8 +205,9 @@ def _read_state(path: Path) -> tuple[dict, dict]:
             from safetensors.torch import load_file
 
             return _split(load_file(str(path), device="cpu"))
-        with open(path, "rb") as f:
-            data = torch.load(f, map_location="cpu", weights_only=True)
+        data = load_weights_only(path, "IP-Adapter file")
+    except PickleFileError as exc:
+        raise IPAdapterFileError(str(exc)) from None
     except Exception as exc:  # corrupt file, truncated download, pickled code refused by weights_only
         raise IPAdapterFileError(
             f"{path.name} could not be read as an IP-Adapter file ({exc.__class__.__name__})."

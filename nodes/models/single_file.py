@@ -33,6 +33,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from ..core.types import SD15, SDXL
 from .configs import SD15_VAE_SCALING, SDXL_VAE_SCALING, scheduler_config
+from .pickles import PickleFileError, load_weights_only
 from .tokenizer import clip_tokenizer
 
 UNET_PREFIX = "model.diffusion_model."
@@ -367,12 +368,9 @@ def _read_tensors(path: Path) -> tuple[dict, dict]:
             raise CheckpointError(f"{path} could not be read ({e}); it may be corrupt or truncated.") from e
     if suffix in PICKLE_SUFFIXES:
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise CheckpointError(
-                f"{path} is a pickle that holds more than plain tensors, so it was not loaded (only weights-only "
-                f"loading is allowed); convert it to .safetensors. Detail: {str(e).splitlines()[0]}"
-            ) from e
+            obj = load_weights_only(path, "checkpoint")
+        except PickleFileError as e:
+            raise CheckpointError(str(e)) from None
         if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict):

@@ -17,16 +17,27 @@ _lock = threading.Lock()
 def write_all(models_dir: Path) -> list[Path]:
     """Write (or confirm) every tiny model; returns their paths. Files already written are left alone."""
     from .controlnet import write_tiny_controlnets
-    from .ipadapter import write_tiny_clip_vision, write_tiny_ipadapters, write_tiny_preset_ipadapters
+    from .ipadapter import (
+        tiny_ipadapter_paths,
+        tiny_ipadapters_fresh,
+        tiny_preset_ipadapter_paths,
+        write_tiny_clip_vision,
+        write_tiny_ipadapters,
+        write_tiny_preset_ipadapters,
+    )
     from .sd import build_tiny, ensure_tiny_models
     from .upscale import write_tiny_upscale_models
 
     with _lock:
         paths = list(ensure_tiny_models(models_dir).values())
         paths += list(write_tiny_clip_vision(models_dir).values())
-        unets = {"sd15": build_tiny("sd15")["unet"], "sdxl": build_tiny("sdxl")["unet"]}
-        paths += list(write_tiny_ipadapters(models_dir, unets).values())
-        paths += list(write_tiny_preset_ipadapters(models_dir, unets).values())
+        presets = tiny_preset_ipadapter_paths(models_dir)
+        if tiny_ipadapters_fresh(models_dir) and all(p.exists() for p in presets.values()):
+            paths += list(tiny_ipadapter_paths(models_dir).values()) + list(presets.values())
+        else:  # building the two UNets costs a second: only when a file is missing or stale
+            unets = {"sd15": build_tiny("sd15")["unet"], "sdxl": build_tiny("sdxl")["unet"]}
+            paths += list(write_tiny_ipadapters(models_dir, unets).values())
+            paths += list(write_tiny_preset_ipadapters(models_dir, unets).values())
         paths += list(write_tiny_controlnets(models_dir).values())
         paths += list(write_tiny_upscale_models(models_dir).values())
     return paths
@@ -42,6 +53,9 @@ def ensure_for_graph(graph, runtime) -> None:
 
 
 def _exists(runtime, name: str) -> bool:
+    """A tiny file is already there: in a model folder, or a bundled asset (the tiny embeds)."""
+    from ipgraph.graphs import ASSETS_DIR
+
     from ..core.runtime import MODEL_KINDS
 
-    return any((runtime.models_dir / kind / name).exists() for kind in MODEL_KINDS)
+    return (ASSETS_DIR / name).exists() or any((runtime.models_dir / kind / name).exists() for kind in MODEL_KINDS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -33,3 +34,16 @@ def atomic_write(dest: Path, write) -> None:
     if dest.is_dir():
         shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
+
+
+def is_fresh(marker: Path, version: int, paths) -> bool:
+    """True when ``marker`` records this generator ``version`` and every path exists: nothing to write."""
+    try:
+        stamp = json.loads(Path(marker).read_text() or "{}")
+    except (OSError, ValueError):
+        return False
+    return stamp == {"generator_version": version} and all(Path(p).exists() for p in paths)
+
+
+def write_marker(marker: Path, version: int) -> None:
+    atomic_write(Path(marker), lambda tmp: tmp.write_text(json.dumps({"generator_version": version})))

@@ -17,7 +17,10 @@ from pathlib import Path
 import torch
 
 from ..ipadapter.projection import diffusers_to_h94
-from .common import atomic_write, seeded
+from .common import atomic_write, is_fresh, seeded, write_marker
+
+# Bump when anything below changes what gets written: files of an older version are rewritten.
+GENERATOR_VERSION = 1
 
 TINY_ENCODER = dict(hidden_size=64, intermediate_size=128, projection_dim=32, num_hidden_layers=2)
 TINY_ENCODER_WIDE = dict(hidden_size=96, intermediate_size=192, projection_dim=48, num_hidden_layers=2)
@@ -52,12 +55,16 @@ def write_tiny_clip_vision(models_dir: str | Path) -> dict[str, Path]:
         "clip_vision_wide": cv / "tiny-clip-vision-wide.safetensors",
         "clip_vision_folder": cv / "tiny-clip-vision-image_encoder",
     }
+    marker = cv / ".ipgraph-tiny-clip-vision.json"
+    if is_fresh(marker, GENERATOR_VERSION, paths.values()):
+        return paths
     model = tiny_clip_vision()
     _save_encoder_file(model, paths["clip_vision"])
     _save_encoder_file(tiny_clip_vision(wide=True), paths["clip_vision_wide"])
     atomic_write(
         paths["clip_vision_folder"], lambda tmp: model.save_pretrained(str(tmp), safe_serialization=True)
     )
+    write_marker(marker, GENERATOR_VERSION)
     return paths
 
 
@@ -112,6 +119,23 @@ def tiny_ipadapter_state(unet, variant: str, seed: int, wide: bool = False) -> d
     return {"image_proj": image_proj, "ip_adapter": ip}
 
 
+def tiny_ipadapter_paths(models_dir: str | Path, archs=("sd15", "sdxl")) -> dict[str, Path]:
+    folder = Path(models_dir) / "ipadapter"
+    paths = {}
+    for arch in archs:
+        paths[f"base_{arch}"] = folder / f"tiny-ip-adapter_{arch}.safetensors"
+        paths[f"plus_{arch}"] = folder / f"tiny-ip-adapter-plus_{arch}.safetensors"
+    if "sd15" in archs:
+        paths["base_sd15_bin"] = folder / "tiny-ip-adapter_sd15.bin"
+    return paths
+
+
+def tiny_ipadapters_fresh(models_dir: str | Path) -> bool:
+    """Every tiny adapter already written by this generator version (so no UNet needs building)."""
+    marker = Path(models_dir) / "ipadapter" / ".ipgraph-tiny-ipadapters.json"
+    return is_fresh(marker, GENERATOR_VERSION, tiny_ipadapter_paths(models_dir).values())
+
+
 def write_tiny_ipadapters(models_dir: str | Path, unets: dict) -> dict[str, Path]:
     """Write ``ipadapter/tiny-ip-adapter_{arch}.safetensors`` and ``tiny-ip-adapter-plus_{arch}.safetensors`` for
     each ``arch -> UNet2DConditionModel`` given, plus ``tiny-ip-adapter_sd15.bin`` (nested dict, the same
@@ -132,6 +156,8 @@ def write_tiny_ipadapters(models_dir: str | Path, unets: dict) -> dict[str, Path
                 bin_dest = folder / "tiny-ip-adapter_sd15.bin"
                 atomic_write(bin_dest, lambda tmp, state=state: torch.save(state, str(tmp)))
                 paths["base_sd15_bin"] = bin_dest
+    if set(unets) == {"sd15", "sdxl"}:
+        write_marker(folder / ".ipgraph-tiny-ipadapters.json", GENERATOR_VERSION)
     return paths
 
 
@@ -145,6 +171,18 @@ PRESET_FILES = (
     ("tiny-ip-adapter-full-face", "full-face", False, ("sd15",), 250),
     ("tiny-ip-adapter-plus-composition", "plus", False, ("sd15", "sdxl"), 260),
 )
+
+
+def tiny_preset_ipadapter_paths(models_dir: str | Path, archs=("sd15", "sdxl")) -> dict[str, Path]:
+    """Where write_tiny_preset_ipadapters puts each file, by name."""
+    folder = Path(models_dir) / "ipadapter"
+    out = {}
+    for stem, _variant, _wide, file_archs, _seed in PRESET_FILES:
+        for arch in file_archs:
+            if arch in archs:
+                name = f"{stem}.safetensors" if stem.endswith("_light") else f"{stem}_{arch}.safetensors"
+                out[name] = folder / name
+    return out
 
 
 def write_tiny_preset_ipadapters(models_dir: str | Path, unets: dict) -> dict[str, Path]:

@@ -258,7 +258,10 @@ class WorkerPool:
         else:
             status = status if status in (COMPLETED, FAILED, CANCELLED) else FAILED
             fields = run.relay.outcome({**result, "status": status})
-            ok = self.store.complete(run.job.id, run.token, status, **fields)
+            try:
+                ok = self.store.complete(run.job.id, run.token, status, **fields)
+            finally:
+                run.relay.release()
             if not ok:
                 log.warning("job %s: worker %s finished after losing its lease; its result was dropped",
                             run.job.id, run.worker)

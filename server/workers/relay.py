@@ -34,6 +34,7 @@ class Relay:
         self.ui: dict[str, dict] = {}
         self.states: dict[str, dict] = {}
         self.pending_cached: list[str] | None = None  # None until execution_cached was sent once
+        self.held: list | None = None  # events kept back until the job's outcome is stored (see outcome)
         self.executed: list[str] = []
         self.cached: list[str] = []
         self.deferred: list[tuple[str, dict]] = []
@@ -43,8 +44,18 @@ class Relay:
     def send(self, event: str, data: dict, keep: bool = False) -> None:
         if keep:
             self.messages.append([event, data])
-        if self.sid:
+        if self.held is not None:
+            self.held.append((event, data))
+        elif self.sid:
             self.hub.send(event, data, self.sid)
+
+    def release(self) -> None:
+        """Send the closing events :meth:`outcome` kept back, once the store has the outcome: a client that
+        reads /history or /jobs on execution_success or execution_error then finds the job finished."""
+        held, self.held = self.held or [], None
+        for event, data in held:
+            if self.sid:
+                self.hub.send(event, data, self.sid)
 
     def _state(self, node_id: str, state: str, value: float = 0, maximum: float = 1) -> None:
         self.states[node_id] = {"value": value, "max": maximum, "state": state, "node_id": node_id,
@@ -136,17 +147,20 @@ class Relay:
         if node_id:
             prev = self.states.get(node_id, {})
             self._state(node_id, "error", prev.get("value", 0), prev.get("max", 1))
-        tb = error.get("traceback") or ""
+        if error.get("traceback"):  # for the operator's log; clients never see Python internals
+            log.info("job %s failed in node %s:\n%s", self.pid, node_id, error["traceback"])
         self.send("execution_error", {
             "prompt_id": self.pid, "node_id": node_id, "node_type": error.get("node_type"),
             "executed": list(self.executed), "exception_message": error.get("message", ""),
             "exception_type": error.get("exception_type", "Exception"),
-            "traceback": tb.splitlines(keepends=True) if isinstance(tb, str) else list(tb),
+            "traceback": [],
             "current_inputs": {k: [v] for k, v in (error.get("inputs") or {}).items()},
             "current_outputs": list(self.executed), "timestamp": now_ms()}, keep=True)
 
     def outcome(self, result: dict) -> dict:
-        """The fields the store records for ``result`` (the runner's dict); sends the closing messages."""
+        """The fields the store records for ``result`` (the runner's dict); the closing messages are kept back
+        until :meth:`release`."""
+        self.held = []
         status = result["status"]
         if result.get("report_error") and result.get("error"):
             self.send_error(result["error"])

@@ -156,9 +156,12 @@ def test_not_an_image_and_bad_sizes(engine, runtime):
     assert "fake.png is not a readable image" in found[("img", "image", "invalid_value")]
     found = problems(engine, small_graph(width=65))
     assert ("lat", "width", "out_of_range") in found and "multiple of 8" in found[("lat", "width", "out_of_range")]
-    runtime.max_pixels = 128 * 128
+    from dataclasses import replace
+
+    runtime.limits = replace(runtime.limits, max_output_pixels=128 * 128)
     found = problems(engine, small_graph(width=4096, height=4096))
-    assert "above the pixel limit" in found[("lat", "width", "invalid_value")]
+    assert "above the output limit" in found[("lat", "width", "invalid_value")]
+    assert "--max-output-pixels" in found[("lat", "width", "invalid_value")]
 
 
 def test_image_not_divisible_by_8_is_a_clear_run_error(engine, runtime):

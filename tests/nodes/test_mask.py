@@ -227,18 +227,18 @@ def test_size_limits():
     with pytest.raises(ValueError, match="5x4, above the pixel limit of 16"):
         nt.fn(nt.inputs_model(mask=torch.zeros(1, 4, 5)), small)
     with pytest.raises(ValueError, match="pixel limit"):
-        M.as_mask(torch.zeros(1, 2049, 2048))
+        M.as_mask(torch.zeros(1, 4097, 4096))
 
 
 def test_size_limit_is_a_validation_problem(engine):
     g = Graph()
-    g.add("SolidMask", id="big", width=4096, height=4096)
+    g.add("SolidMask", id="big", width=8192, height=4096)
     g.add("MaskProcess", id="rs", mask=g.add("SolidMask", id="s", width=8, height=8).mask, operation="resize",
-          width=4096, height=2048)
+          width=8192, height=8192)
     with pytest.raises(ValidationFailed) as info:
         engine.run(g, outputs=["big", "rs"])
     text = str(info.value)
-    assert "big" in text and "rs" in text and "pixel limit" in text
+    assert "big" in text and "rs" in text and "pixel limit" in text and "--max-pixels" in text
     with pytest.raises(ValidationFailed, match="operation"):
         g2 = Graph()
         g2.add("MaskProcess", id="p", mask=g2.add("SolidMask", id="s").mask, operation="dilate")
