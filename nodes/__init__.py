@@ -8,6 +8,7 @@ mask operations), ``ipadapter/`` (CLIP vision, IP-Adapter, image embeddings), ``
 (ComfyUI compatibility, LoRA, FaceID, AnimateDiff, training) is a new package here plus one import below.
 """
 
+from .animatediff import nodes as _animatediff  # noqa: F401
 from .controlnet import nodes as _controlnet  # noqa: F401
 from .diffusion import conditioning, inpaint, latent, loaders, sampling  # noqa: F401
 from .image import image_io, image_ops, mask  # noqa: F401

@@ -1,0 +1,1 @@
+"""Video outputs: animated WebP/PNG/GIF and MP4/WebM (PyAV)."""
