@@ -14,3 +14,4 @@ from .diffusion import conditioning, inpaint, latent, loaders, sampling  # noqa:
 from .image import image_io, image_ops, mask  # noqa: F401
 from .ipadapter import clip_vision, embeds  # noqa: F401
 from .ipadapter import nodes as _ipadapter  # noqa: F401
+from .video import nodes as _video  # noqa: F401
