@@ -335,3 +335,43 @@ def ade_legacy_uniform(inp: LegacyUniformIn, ctx: NodeContext) -> ContextOut:
     return ContextOut(CONTEXT_OPTS=ContextOptions(inp.context_length, inp.context_stride, inp.context_overlap,
                                                   "looped_uniform", inp.closed_loop, inp.fuse_method,
                                                   inp.use_on_equal_length, inp.start_percent))
+
+
+# -- per-frame weights ---------------------------------------------------------------------------------
+
+class FrameWeightsIn(NodeInputs):
+    frames: int = Field(16, ge=1, le=4096, description="number of frames (the latent batch size)")
+    method: Literal["ramp", "list"] = Field("ramp", description="ramp: start -> end linearly over the frames; "
+                                                                "list: the weights given")
+    start: float = Field(1.0, ge=-1.0, le=5.0, description="ramp: weight of the first frame")
+    end: float = Field(0.0, ge=-1.0, le=5.0, description="ramp: weight of the last frame")
+    weights: str = Field("", description="list: comma-separated weights, one per frame (the last repeats)")
+
+
+class FrameWeightsOut(NodeOutputs):
+    mask: Any = Output("MASK", description="[frames, 1, 1]: connect to IPAdapterApply's attn_mask")
+
+
+def _frame_weights_check(literals: dict, runtime):
+    if literals.get("method") == "list":
+        try:
+            values = [float(v) for v in literals.get("weights", "").split(",") if v.strip()]
+        except ValueError:
+            yield "weights", f"weights must be numbers separated by commas, not {literals.get('weights')!r}"
+            return
+        if not values:
+            yield "weights", "method list needs weights, e.g. 1.0, 0.8, 0.6"
+
+
+@node("IPAdapterFrameWeights", category="animatediff", check=_frame_weights_check)
+def frame_weights(inp: FrameWeightsIn, ctx: NodeContext) -> FrameWeightsOut:
+    """A weight per video frame for an IP-Adapter, as a MASK batch of 1x1 masks (frame i scales the image
+    attention of frame i; IPAdapterApply multiplies its weight by it), e.g. two references cross-fading."""
+    import torch
+
+    if inp.method == "ramp":
+        values = torch.linspace(inp.start, inp.end, inp.frames) if inp.frames > 1 else torch.tensor([inp.start])
+    else:
+        given = [float(v) for v in inp.weights.split(",") if v.strip()]
+        values = torch.tensor((given + [given[-1]] * inp.frames)[:inp.frames])
+    return FrameWeightsOut(mask=values.float().reshape(-1, 1, 1))

@@ -93,7 +93,8 @@ def installed(unet, patches, state):
                                f"{Path(info.path).name} handles at most {info.max_frames} frames at once; "
                                f"set context_length to {info.max_frames} or less.")
     if frames > info.max_frames and ctx is None:
-        raise MotionPatchError(f"the latent has {frames} frames but the motion module {Path(info.path).name} handles "
+        raise MotionPatchError(f"input latent_image: the latent batch has {frames} frames but the motion module "
+                               f"{Path(info.path).name} handles "
                                f"at most {info.max_frames} at once; add context options (e.g. "
                                f"ADE_StandardUniformContextOptions) to the AnimateDiff node, or use fewer frames.")
     state.extra["motion_frames"] = frames

@@ -102,6 +102,8 @@ class IPAdapterApplyIn(NodeInputs):
     embeds_scaling: EmbedsScaling = "V only"
     mask_interpolation: Literal["bilinear", "bicubic", "nearest"] = Field(
         "bilinear", description="how attn_mask is resized to each block (bicubic = diffusers' ip_adapter_masks)")
+    per_frame: bool = Field(False, description="one reference per latent in the batch (IPAdapterBatch): image i "
+                                               "guides frame i, the last one repeats; off = all images together")
 
 
 class ModelOut(NodeOutputs):
@@ -209,7 +211,10 @@ def ipadapter_apply(inp: IPAdapterApplyIn, ctx: NodeContext) -> ModelOut:
                     "(a plus adapter) makes its negative with the image encoder; connect clip_vision, "
                     "image_negative, or embeds saved with their negative")
 
-    cond = combine_embeds(cond.float(), inp.combine_embeds)
+    if inp.per_frame and inp.combine_embeds != "concat":
+        raise ValueError("input combine_embeds: per_frame keeps one embedding per frame; leave combine_embeds "
+                         "at concat")
+    cond = cond.float() if inp.per_frame else combine_embeds(cond.float(), inp.combine_embeds)
     uncond = _fit(uncond.float(), cond.shape[0])  # one negative per reference image (or per combined one)
 
     layers = None
@@ -228,5 +233,6 @@ def ipadapter_apply(inp: IPAdapterApplyIn, ctx: NodeContext) -> ModelOut:
     tokens = adapter.project(torch.cat([uncond, cond])).float().cpu()
     patch = IPAdapterPatch(adapter, tokens[uncond.shape[0]:], tokens[:uncond.shape[0]],
                            weight=inp.weight, layer_weights=layers, start_at=inp.start_at, end_at=inp.end_at,
-                           mask=mask, embeds_scaling=inp.embeds_scaling, mask_interpolation=inp.mask_interpolation)
+                           mask=mask, embeds_scaling=inp.embeds_scaling, mask_interpolation=inp.mask_interpolation,
+                           per_image=inp.per_frame)
     return ModelOut(model=model.with_patch(patch))

@@ -46,6 +46,15 @@ def _as_tokens(t: torch.Tensor, name: str) -> torch.Tensor:
     raise IPAdapterPatchError(f"{name} must be [tokens, dim] or [images, tokens, dim], not {list(t.shape)}.")
 
 
+def _per_image_tokens(t: torch.Tensor, name: str) -> torch.Tensor:
+    """``[n_images, T, D]`` kept as batch rows (IPAdapterBatch: one image per latent / video frame)."""
+    if t.ndim == 2:
+        return t[None]
+    if t.ndim == 3:
+        return t
+    raise IPAdapterPatchError(f"{name} must be [tokens, dim] or [images, tokens, dim], not {list(t.shape)}.")
+
+
 @dataclass(frozen=True, eq=False)
 class IPAdapterPatch:
     """One application of one adapter: weights, projected tokens, weights per layer, range and mask."""
@@ -60,6 +69,7 @@ class IPAdapterPatch:
     mask: torch.Tensor | None = None  # [B or 1, H, W] float 0..1, soft allowed
     embeds_scaling: str = "V only"
     mask_interpolation: str = "bilinear"  # "bicubic" on binary masks reproduces diffusers' ip_adapter_masks
+    per_image: bool = False  # [n_images, T, D] tokens: image i guides batch image (video frame) i, the last repeats
 
     def __post_init__(self):
         if self.embeds_scaling not in EMBEDS_SCALING:
@@ -99,8 +109,9 @@ def _layer_term(patch: IPAdapterPatch, j: int, device, dtype) -> LayerTerm | Non
         return None
     wk = patch.adapter.to_k_ip[j].to(device=device, dtype=dtype)
     wv = patch.adapter.to_v_ip[j].to(device=device, dtype=dtype)
-    cond = _as_tokens(patch.cond_tokens, "cond_tokens").to(device=device, dtype=dtype)
-    uncond = _as_tokens(patch.uncond_tokens, "uncond_tokens").to(device=device, dtype=dtype)
+    tokens = _per_image_tokens if patch.per_image else _as_tokens
+    cond = tokens(patch.cond_tokens, "cond_tokens").to(device=device, dtype=dtype)
+    uncond = tokens(patch.uncond_tokens, "uncond_tokens").to(device=device, dtype=dtype)
     with torch.no_grad():
         kc, vc, ku, vu = F.linear(cond, wk), F.linear(cond, wv), F.linear(uncond, wk), F.linear(uncond, wv)
     out_scale = w
