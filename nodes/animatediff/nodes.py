@@ -26,7 +26,13 @@ from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket,
 from ..core.types import ModelHandle
 from ..core.widgets import ModelName, model_file_check, model_file_fingerprint, runtime_of
 from .context import ContextOptions
-from .motion import MotionModule, MotionModuleError, check_fits_unet, inspect_motion_module, load_motion_module
+from .motion import (
+    MotionModule,
+    MotionModuleError,
+    check_fits_unet,
+    inspect_motion_module,
+    load_motion_module,
+)
 from .patch import MotionPatch
 
 KIND = "animatediff_models"

@@ -50,16 +50,19 @@ def hook_points(unet, adapter) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
     points = []
 
     def blocks(unet_blocks, adapter_blocks):
-        for block, motion in zip(unet_blocks, adapter_blocks):
+        for block, motion in zip(unet_blocks, adapter_blocks, strict=True):
             anchors = block.attentions if getattr(block, "attentions", None) is not None else block.resnets
             if len(anchors) != len(motion.motion_modules):
                 raise MotionPatchError(f"a UNet block has {len(anchors)} layers but its motion module has "
                                        f"{len(motion.motion_modules)}: the module was made for a different UNet.")
-            points.extend(zip(anchors, motion.motion_modules))
+            points.extend(zip(anchors, motion.motion_modules, strict=True))
 
     blocks(unet.down_blocks, adapter.down_blocks)
     if adapter.mid_block is not None:
-        points.extend(zip(unet.mid_block.attentions, adapter.mid_block.motion_modules))
+        if len(unet.mid_block.attentions) != len(adapter.mid_block.motion_modules):
+            raise MotionPatchError("the UNet's mid block does not match the motion module's: it was made for a "
+                                   "different UNet.")
+        points.extend(zip(unet.mid_block.attentions, adapter.mid_block.motion_modules, strict=True))
     blocks(unet.up_blocks, adapter.up_blocks)
     return points
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ipgraph.engine import REGISTRY, Engine, Graph
-from ipgraph.engine.executor import NodeFailed, ValidationFailed
+from ipgraph.engine.executor import NodeFailed
 from ipgraph.nodes.animatediff.context import ContextOptions, context_windows, fuse_weights
 from ipgraph.nodes.animatediff.motion import load_motion_module
 from ipgraph.nodes.animatediff.patch import MotionPatch, installed
