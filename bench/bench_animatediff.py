@@ -117,7 +117,8 @@ def bench_encode() -> None:
     t = torch.linspace(0, 1, FRAMES)[:, None, None, None]
     y = torch.linspace(0, 1, 256)[None, :, None, None]
     x = torch.linspace(0, 1, 256)[None, None, :, None]
-    images = torch.cat([(t + x) % 1, (t + y) % 1, (x * y + t) % 1], -1)
+    shape = (FRAMES, 256, 256, 1)
+    images = torch.cat([((t + x) % 1).expand(shape), ((t + y) % 1).expand(shape), ((x * y + t) % 1).expand(shape)], -1)
     for fmt in ("gif", "webp", "png", "mp4", "webm-vp9", "webm-av1"):
         start = time.perf_counter()
         data = encode_bytes(images, fmt, 8.0)

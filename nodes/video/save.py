@@ -85,7 +85,8 @@ def write_apng(path: Path, frames: np.ndarray, fps: float, meta: dict, *, compre
 
 
 def write_gif(path: Path, frames: np.ndarray, fps: float, meta: dict, *, loop: int = 0) -> None:
-    pils = [Image.fromarray(f) for f in frames]
+    # a 256-colour palette per frame by fast octree (Pillow's default median cut is ~20x slower, same look)
+    pils = [Image.fromarray(f).quantize(256, method=Image.Quantize.FASTOCTREE) for f in frames]
     comment = meta.get(PNG_GRAPH_KEY, "").encode("utf-8")
     pils[0].save(path, save_all=True, append_images=pils[1:], duration=frame_ms(fps), loop=loop,
                  comment=comment, optimize=False, disposal=1)
