@@ -52,7 +52,7 @@ def bench_sampling(models_dir: Path, steps: int, repeats: int) -> None:
 
     def ours():
         engine.cache.clear()
-        return engine.run(graph, outputs=["ks"]).outputs["ks"].latent.samples
+        return engine.run(graph, outputs=["ks"]).outputs["ks"].LATENT.samples
 
     def theirs():
         return pipe(PROMPT, negative_prompt=NEGATIVE, num_frames=FRAMES, height=64, width=64,

@@ -108,7 +108,7 @@ def installed(unet, patches, state):
             if not state.active(patch.start_at, patch.end_at) or patch.scale == 0.0:
                 return None
             hidden = output[0] if isinstance(output, tuple) else output
-            out = motion(hidden, num_frames=state.extra["motion_frames"])
+            out = motion(hidden, num_frames=state.extra.get("motion_frames", frames))
             if patch.scale != 1.0:
                 out = hidden + patch.scale * (out - hidden)
             return (out, *output[1:]) if isinstance(output, tuple) else out

@@ -2,7 +2,8 @@
 
 They are random-weight models in the real architectures and file formats, loaded through exactly the code
 path real files take: ``sd`` (SD1.5 / SDXL checkpoints, VAEs, diffusers folders), ``ipadapter`` (CLIP vision
-encoders, h94 IP-Adapter files), ``controlnet`` (original-layout files and diffusers folders), ``animatediff`` (motion modules, both layouts). ``common``
+encoders, h94 IP-Adapter files), ``controlnet`` (original-layout files and diffusers folders), ``upscale`` (a
+Real-ESRGAN x4 .pth), ``animatediff`` (motion modules, both layouts). ``common``
 holds what the writers share. New families add their writer here and a line to :func:`write_all`.
 """
 
@@ -18,15 +19,18 @@ def write_all(models_dir: Path) -> list[Path]:
     """Write (or confirm) every tiny model; returns their paths. Files already written are left alone."""
     from .animatediff import write_tiny_motion_modules
     from .controlnet import write_tiny_controlnets
-    from .ipadapter import write_tiny_clip_vision, write_tiny_ipadapters
+    from .ipadapter import write_tiny_clip_vision, write_tiny_ipadapters, write_tiny_preset_ipadapters
     from .sd import build_tiny, ensure_tiny_models
+    from .upscale import write_tiny_upscale_models
 
     with _lock:
         paths = list(ensure_tiny_models(models_dir).values())
         paths += list(write_tiny_clip_vision(models_dir).values())
         unets = {"sd15": build_tiny("sd15")["unet"], "sdxl": build_tiny("sdxl")["unet"]}
         paths += list(write_tiny_ipadapters(models_dir, unets).values())
+        paths += list(write_tiny_preset_ipadapters(models_dir, unets).values())
         paths += list(write_tiny_controlnets(models_dir).values())
+        paths += list(write_tiny_upscale_models(models_dir).values())
         paths += list(write_tiny_motion_modules(models_dir).values())
     return paths
 

@@ -19,7 +19,7 @@ MM = "tiny-mm-sd15-v2.ckpt"
 
 
 def animatediff_graph(frames: int, steps: int, *, motion: str = MM, reference: str | None = "ipa_bear_ref.png",
-                      weight: float = 0.6, context: dict | None = None, per_frame_images: list[str] | None = None,
+                      weight: float = 0.6, context: dict | None = None,
                       save: bool = False, size: int = 64) -> Graph:
     """LoadCheckpoint -> [IPAdapterApply] -> ApplyAnimateDiff -> KSampler(ddim) over a batch of ``frames``."""
     g = Graph()
@@ -28,10 +28,10 @@ def animatediff_graph(frames: int, steps: int, *, motion: str = MM, reference: s
     neg = g.add("CLIPTextEncode", id="neg", clip=ck.clip, text=NEGATIVE)
     model = ck.model
     if reference is not None:
-        cv = g.add("CLIPVisionLoader", id="cv", name=ENCODER)
-        ipa = g.add("IPAdapterModelLoader", id="ipa", name=ADAPTER)
-        image = g.add("LoadImage", id="ref", image=reference).image
-        model = g.add("IPAdapterApply", id="apply", model=model, ipadapter=ipa.ipadapter, clip_vision=cv.clip_vision,
+        cv = g.add("CLIPVisionLoader", id="cv", clip_name=ENCODER)
+        ipa = g.add("IPAdapterModelLoader", id="ipa", ipadapter_file=ADAPTER)
+        image = g.add("LoadImage", id="ref", image=reference).IMAGE
+        model = g.add("IPAdapterApply", id="apply", model=model, ipadapter=ipa.IPADAPTER, clip_vision=cv.CLIP_VISION,
                       image=image, weight=weight).model
     mm = g.add("LoadMotionModule", id="mm", name=motion)
     links = {}
@@ -39,11 +39,11 @@ def animatediff_graph(frames: int, steps: int, *, motion: str = MM, reference: s
         links["context_options"] = g.add("ADE_StandardUniformContextOptions", id="ctx", **context).CONTEXT_OPTS
     model = g.add("ApplyAnimateDiff", id="ad", model=model, motion_model=mm.motion_model, **links).model
     lat = g.add("EmptyLatentImage", id="lat", width=size, height=size, batch_size=frames)
-    ks = g.add("KSampler", id="ks", model=model, positive=pos.conditioning, negative=neg.conditioning,
-               latent_image=lat.latent, seed=SEED, steps=steps, cfg=CFG, sampler_name="ddim", scheduler="normal")
+    ks = g.add("KSampler", id="ks", model=model, positive=pos.CONDITIONING, negative=neg.CONDITIONING,
+               latent_image=lat.LATENT, seed=SEED, steps=steps, cfg=CFG, sampler_name="ddim", scheduler="normal")
     if save:
-        dec = g.add("VAEDecode", id="dec", samples=ks.latent, vae=ck.vae)
-        g.add("SaveAnimatedWEBP", id="out", images=dec.image, filename_prefix="ad", fps=8.0)
+        dec = g.add("VAEDecode", id="dec", samples=ks.LATENT, vae=ck.vae)
+        g.add("SaveAnimatedWEBP", id="out", images=dec.IMAGE, filename_prefix="ad", fps=8.0)
     return g
 
 

@@ -78,7 +78,7 @@ def test_standard_uniform_windows_match_evolved():
 def test_context_windows_run_and_one_window_equals_no_windows(engine, models_dir):
     out = engine.run(animatediff_graph(12, 2, motion="tiny-mm-sd15-v3.safetensors", reference=None,
                                        context={"context_length": 8, "context_overlap": 4}), outputs=["ks"])
-    samples = out.outputs["ks"].latent.samples
+    samples = out.outputs["ks"].LATENT.samples
     assert samples.shape == (12, 4, 8, 8) and torch.isfinite(samples).all()
 
     module = load_motion_module(models_dir / "animatediff_models" / "tiny-mm-sd15-v3.safetensors")
@@ -98,7 +98,8 @@ def test_context_windows_run_and_one_window_equals_no_windows(engine, models_dir
 
 
 def test_per_frame_ipadapter_rows_follow_frames(models_dir):
-    """per_image tokens [2, T, D]: UNet row i (each CFG side) sees image i, exactly as a run with image i alone."""
+    """unfold_batch tokens [2, T, D]: UNet row i (each CFG side) sees image i, exactly as a run with image i
+    alone; inside a context window holding only frame 1, the window's rows see image 1."""
     from ipgraph.nodes.ipadapter import IPAdapterPatch, load_ipadapter
     from ipgraph.nodes.ipadapter.patch import installed as ip_installed
 
@@ -109,16 +110,22 @@ def test_per_frame_ipadapter_rows_follow_frames(models_dir):
     zeros = adapter.project(torch.zeros(1, adapter.info.encoder_width)).float()
     x, text = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 77, 32, generator=g)
 
-    def run(patch):
-        with ip_installed(unet, [patch], SamplingState(batch_size=2)):
-            return unet(x, 500, encoder_hidden_states=text).sample
+    def run(patch, rows=(0, 1, 2, 3), frames=None):
+        state = SamplingState(batch_size=2 if frames is None else len(frames))
+        with ip_installed(unet, [patch], state):
+            if frames is not None:
+                state.extra["frames"] = frames  # what AnimateDiff's windowed forward sets
+            return unet(x[list(rows)], 500, encoder_hidden_states=text[list(rows)]).sample
 
-    both = run(IPAdapterPatch(adapter, tokens, zeros.expand(2, -1, -1), per_image=True))
+    unfolded = IPAdapterPatch(adapter, tokens, zeros.expand(2, -1, -1), unfold_batch=True)
+    both = run(unfolded)
     first = run(IPAdapterPatch(adapter, tokens[:1], zeros))
     second = run(IPAdapterPatch(adapter, tokens[1:], zeros))
     assert (both[[0, 2]] - first[[0, 2]]).abs().max() < 1e-5
     assert (both[[1, 3]] - second[[1, 3]]).abs().max() < 1e-5
     assert (first[3] - second[3]).abs().max() > 1e-3  # the two images really differ (cond rows)
+    window = run(unfolded, rows=(1, 3), frames=[1])
+    assert (window - second[[1, 3]]).abs().max() < 1e-5
 
 
 def test_evolved_names_build_the_same_model(engine):

@@ -38,8 +38,8 @@ def rel_diff(a, b):
 
 
 def test_animatediff_ipadapter_matches_diffusers(engine, models_dir):
-    got = engine.run(animatediff_graph(FRAMES, STEPS, size=SIZE), outputs=["ks"]).outputs["ks"].latent.samples
-    still = engine.run(animatediff_graph(FRAMES, STEPS, weight=0.0, size=SIZE), outputs=["ks"]).outputs["ks"].latent.samples
+    got = engine.run(animatediff_graph(FRAMES, STEPS, size=SIZE), outputs=["ks"]).outputs["ks"].LATENT.samples
+    still = engine.run(animatediff_graph(FRAMES, STEPS, weight=0.0, size=SIZE), outputs=["ks"]).outputs["ks"].LATENT.samples
     assert diff(got, still) > 1e-3  # the reference really acts
     pipe = animatediff_pipeline(models_dir, models_dir / "animatediff_models" / "tiny-mm-sd15-v2.ckpt")
     pipe.set_ip_adapter_scale(0.6)
@@ -49,7 +49,7 @@ def test_animatediff_ipadapter_matches_diffusers(engine, models_dir):
 
 
 def test_motion_module_layouts_give_the_same_frames(engine):
-    runs = {name: engine.run(animatediff_graph(FRAMES, 2, motion=name, reference=None), outputs=["ks"]).outputs["ks"].latent.samples
+    runs = {name: engine.run(animatediff_graph(FRAMES, 2, motion=name, reference=None), outputs=["ks"]).outputs["ks"].LATENT.samples
             for name in ("tiny-mm-sd15-v2.ckpt", "tiny-mm-sd15-v2.safetensors", "tiny-mm-sd15-v2-diffusers")}
     first = runs["tiny-mm-sd15-v2.ckpt"]
     assert all(torch.equal(first, other) for other in runs.values())

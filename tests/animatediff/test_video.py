@@ -53,11 +53,11 @@ def test_pyav_videos(tmp_path, fmt, codec):
 def test_nodes_embed_the_graph_and_report_ui(engine, runtime):
     g = Graph()
     img = g.add("LoadImage", id="img", image="ipa_bear_ref.png")
-    g.add("SaveAnimatedWEBP", id="webp", images=img.image, filename_prefix="anim/w", fps=4.0)
-    g.add("SaveAnimatedPNG", id="apng", images=img.image, filename_prefix="anim/p", fps=4.0)
-    g.add("SaveAnimation", id="gif", images=img.image, filename_prefix="anim/g", format="gif", fps=5.0, loop=2)
-    g.add("SaveAnimation", id="mp4", images=img.image, filename_prefix="anim/m", format="mp4", fps=12.0)
-    g.add("SaveWEBM", id="webm", images=img.image, filename_prefix="anim/v", fps=10.0)
+    g.add("SaveAnimatedWEBP", id="webp", images=img.IMAGE, filename_prefix="anim/w", fps=4.0)
+    g.add("SaveAnimatedPNG", id="apng", images=img.IMAGE, filename_prefix="anim/p", fps=4.0)
+    g.add("SaveAnimation", id="gif", images=img.IMAGE, filename_prefix="anim/g", format="gif", fps=5.0, loop=2)
+    g.add("SaveAnimation", id="mp4", images=img.IMAGE, filename_prefix="anim/m", format="mp4", fps=12.0)
+    g.add("SaveWEBM", id="webm", images=img.IMAGE, filename_prefix="anim/v", fps=10.0)
     result = engine.run(g)
     ui = {k: result.ui[k] for k in ("webp", "apng", "gif", "mp4", "webm")}
     assert ui["webp"]["animated"] == [True] and ui["webp"]["images"][0]["subfolder"] == "anim"
