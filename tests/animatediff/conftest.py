@@ -19,13 +19,19 @@ MM = "tiny-mm-sd15-v2.ckpt"
 
 
 def animatediff_graph(frames: int, steps: int, *, motion: str = MM, reference: str | None = "ipa_bear_ref.png",
-                      weight: float = 0.6, context: dict | None = None,
+                      weight: float = 0.6, context: dict | None = None, combine: str | None = None,
                       save: bool = False, size: int = 64) -> Graph:
-    """LoadCheckpoint -> [IPAdapterApply] -> ApplyAnimateDiff -> KSampler(ddim) over a batch of ``frames``."""
+    """LoadCheckpoint -> [IPAdapterApply] -> ApplyAnimateDiff -> KSampler(ddim) over a batch of ``frames``.
+
+    ``combine``: a second prompt joined by ConditioningCombine (the sampler's per-entry guidance path)."""
     g = Graph()
     ck = g.add("LoadCheckpoint", id="ckpt", name=CKPT)
     pos = g.add("CLIPTextEncode", id="pos", clip=ck.clip, text=PROMPT)
     neg = g.add("CLIPTextEncode", id="neg", clip=ck.clip, text=NEGATIVE)
+    if combine is not None:
+        more = g.add("CLIPTextEncode", id="more", clip=ck.clip, text=combine)
+        pos = g.add("ConditioningCombine", id="both", conditioning_1=pos.CONDITIONING,
+                    conditioning_2=more.CONDITIONING)
     model = ck.model
     if reference is not None:
         cv = g.add("CLIPVisionLoader", id="cv", clip_name=ENCODER)

@@ -97,6 +97,17 @@ def test_context_windows_run_and_one_window_equals_no_windows(engine, models_dir
     assert "forward" not in vars(unet)  # the wrapper is gone
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("frames, context", [(8, None), (12, {"context_length": 8, "context_overlap": 4})])
+def test_motion_and_ipadapter_through_per_entry_guidance(engine, frames, context):
+    """Two positive entries take the sampler's per-entry path (one UNet call per entry and side, each with its
+    own ``state.extra``): the motion module, its context windows and the IP-Adapter rows still act there."""
+    g = animatediff_graph(frames, 1, motion="tiny-mm-sd15-v3.safetensors", combine="a red balloon",
+                          context=context)
+    samples = engine.run(g, outputs=["ks"]).outputs["ks"].LATENT.samples
+    assert samples.shape == (frames, 4, 8, 8) and torch.isfinite(samples).all()
+
+
 def test_per_frame_ipadapter_rows_follow_frames(models_dir):
     """unfold_batch tokens [2, T, D]: UNet row i (each CFG side) sees image i, exactly as a run with image i
     alone; inside a context window holding only frame 1, the window's rows see image 1."""
