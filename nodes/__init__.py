@@ -10,6 +10,7 @@ mask operations), ``ipadapter/`` (CLIP vision, IP-Adapter, image embeddings), ``
 """
 
 from . import comfy  # noqa: F401
+from .animatediff import nodes as _animatediff  # noqa: F401
 from .controlnet import nodes as _controlnet  # noqa: F401
 from .diffusion import conditioning, conditioning_ops, custom_sampling, inpaint, latent, loaders, sampling  # noqa: F401
 from .image import batch, image_io, image_ops, mask  # noqa: F401
@@ -17,6 +18,7 @@ from .ipadapter import clip_vision, embeds  # noqa: F401
 from .ipadapter import nodes as _ipadapter  # noqa: F401
 from .ipadapter import plus_nodes as _ipadapter_plus  # noqa: F401
 from .training import nodes as _training  # noqa: F401
+from .video import nodes as _video  # noqa: F401
 
 # isort: split
 # last: it registers SaveImageWebsocket only when no family above already did

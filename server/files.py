@@ -20,7 +20,8 @@ from PIL import Image, UnidentifiedImageError
 
 ALLOWED_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
 MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
-        ".gif": "image/gif", ".bmp": "image/bmp", ".json": "application/json"}
+        ".gif": "image/gif", ".bmp": "image/bmp", ".json": "application/json",
+        ".mp4": "video/mp4", ".webm": "video/webm"}
 
 
 class UnsafePath(ValueError):

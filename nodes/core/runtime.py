@@ -1,7 +1,8 @@
 """Where files are and what hardware to use: the resources object the engine hands to every node.
 
 Folders follow ComfyUI's layout (checkpoints/, vae/, clip_vision/, ipadapter/, controlnet/, embeds/ for image
-embeddings, embeddings/ for textual inversions, upscale_models/). The models
+embeddings, embeddings/ for textual inversions, upscale_models/, animatediff_models/ as
+ComfyUI-AnimateDiff-Evolved names it). The models
 folder comes from ``--models-dir``, else ``$IPGRAPH_MODELS_DIR``, else ``./models``.
 """
 
@@ -16,7 +17,10 @@ import torch
 from ipgraph.graphs import ASSETS_DIR
 from ipgraph.limits import Limits
 
-MODEL_KINDS = ("checkpoints", "vae", "clip_vision", "ipadapter", "controlnet", "embeds", "embeddings", "upscale_models")
+MODEL_KINDS = (
+    "checkpoints", "vae", "clip_vision", "ipadapter", "controlnet", "embeds", "embeddings", "upscale_models",
+    "animatediff_models",
+)
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".ipadpt")
 
 

@@ -76,13 +76,25 @@ def vae_encode(vae: VaeHandle, images: torch.Tensor, device: torch.device) -> to
     return module.encode(x).latent_dist.mode().float().cpu().contiguous() * vae.scaling_factor
 
 
+# Latents decoded per VAE call: a video's frames (the batch) are decoded in chunks, as diffusers'
+# enable_vae_slicing / AnimateDiff's decode_chunk_size do, so the decoder's activations stay bounded whatever
+# the frame count; batches up to this size take exactly one call, as before.
+VAE_DECODE_CHUNK = 8
+
+
 @torch.no_grad()
 def vae_decode(vae: VaeHandle, samples: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Scaled latent → IMAGE [B,H,W,C] 0..1 (diffusers' postprocess: x/2 + 0.5, clamped)."""
+    """Scaled latent → IMAGE [B,H,W,C] 0..1 (diffusers' postprocess: x/2 + 0.5, clamped), in frame chunks."""
     module = vae.vae
-    z = samples.to(device=device, dtype=module.dtype) / vae.scaling_factor
-    x = module.decode(z).sample.float()
-    return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+    out = None
+    for start in range(0, samples.shape[0], VAE_DECODE_CHUNK):
+        z = samples[start:start + VAE_DECODE_CHUNK].to(device=device, dtype=module.dtype) / vae.scaling_factor
+        x = module.decode(z).sample.float()
+        x = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+        if out is None:  # one preallocated result: no list of chunks plus a concatenated copy
+            out = torch.empty((samples.shape[0], *x.shape[1:]), dtype=x.dtype)
+        out[start:start + x.shape[0]] = x
+    return out
 
 
 @node("VAEEncode", category="latent", display_name="VAE Encode", renamed_outputs=OLD_LATENT)

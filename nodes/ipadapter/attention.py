@@ -53,6 +53,14 @@ def _fit(t: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([t, t[-1:].expand(n - t.shape[0], *t.shape[1:])], 0)
 
 
+def _window(t: torch.Tensor, n: int, frames: tuple[int, ...] | None) -> torch.Tensor:
+    """``_fit`` for the whole batch, or, inside an AnimateDiff context window, the rows of the window's
+    ``frames`` (so per-latent rows follow their frames)."""
+    if frames is None or t.shape[0] == 1:
+        return _fit(t, n)
+    return _fit(t, max(frames) + 1)[list(frames)]
+
+
 @dataclass(eq=False)
 class LayerTerm:
     """One adapter's image term at one cross-attention layer, with K/V precomputed for the whole run.
@@ -76,38 +84,40 @@ class LayerTerm:
     _kv_cache: dict = field(default_factory=dict)
     _mask_cache: dict = field(default_factory=dict)
 
-    def _rows(self, n: int, do_cfg: bool) -> torch.Tensor:
+    def _rows(self, n: int, do_cfg: bool, frames: tuple[int, ...] | None = None) -> torch.Tensor:
         """Per-latent weights laid out like the UNet batch, ``[n, 1, 1]``."""
         if do_cfg:
-            w = _fit(self.row_weights, n // 2)
+            w = _window(self.row_weights, n // 2, frames)
             w = torch.cat([w, w], 0)
         else:
-            w = _fit(self.row_weights, n)
+            w = _window(self.row_weights, n, frames)
         return w[:, None, None]
 
-    def row_scale(self, n: int, do_cfg: bool, dtype: torch.dtype) -> torch.Tensor | None:
+    def row_scale(self, n: int, do_cfg: bool, dtype: torch.dtype,
+                  frames: tuple[int, ...] | None = None) -> torch.Tensor | None:
         """``[n, 1, 1]`` output scale per latent ("V only" with per-latent weights), else None."""
         if self.row_weights is None or self.scaling != "V only":
             return None
-        return self._rows(n, do_cfg).to(dtype)
+        return self._rows(n, do_cfg, frames).to(dtype)
 
-    def kv(self, n: int, do_cfg: bool, heads: int, dtype: torch.dtype,
-           uncond_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def kv(self, n: int, do_cfg: bool, heads: int, dtype: torch.dtype, uncond_only: bool = False,
+           frames: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """K, V laid out like the UNet batch (``[uncond × n/2, cond × n/2]`` with CFG, else cond × n, or
         uncond × n when the sampler evaluates a negative conditioning entry on its own) and split into heads,
-        ``[n, heads, N, C/heads]``; built once per run and reused at every step."""
-        key = (n, do_cfg, heads, dtype, uncond_only)
+        ``[n, heads, N, C/heads]``; built once per run and reused at every step. ``frames``: the batch rows
+        this call holds (an AnimateDiff context window), so per-latent rows follow their frames."""
+        key = (n, do_cfg, heads, dtype, uncond_only, frames)
         if key not in self._kv_cache:
             if do_cfg:
                 half = n // 2
-                k = torch.cat([_fit(self.k_uncond, half), _fit(self.k_cond, half)], 0)
-                v = torch.cat([_fit(self.v_uncond, half), _fit(self.v_cond, half)], 0)
+                k = torch.cat([_window(self.k_uncond, half, frames), _window(self.k_cond, half, frames)], 0)
+                v = torch.cat([_window(self.v_uncond, half, frames), _window(self.v_cond, half, frames)], 0)
             elif uncond_only:
-                k, v = _fit(self.k_uncond, n), _fit(self.v_uncond, n)
+                k, v = _window(self.k_uncond, n, frames), _window(self.v_uncond, n, frames)
             else:
-                k, v = _fit(self.k_cond, n), _fit(self.v_cond, n)
+                k, v = _window(self.k_cond, n, frames), _window(self.v_cond, n, frames)
             if self.row_weights is not None and self.scaling != "V only":
-                w = self._rows(n, do_cfg).to(k.dtype)
+                w = self._rows(n, do_cfg, frames).to(k.dtype)
                 if "C penalty" in self.scaling:
                     w = w * k.shape[-1] / 1280
                 k = k * w
@@ -117,11 +127,12 @@ class LayerTerm:
                                         for t in (k, v))
         return self._kv_cache[key]
 
-    def mask_for(self, n: int, do_cfg: bool, tokens: int, latent_hw: tuple[int, int]) -> torch.Tensor | None:
+    def mask_for(self, n: int, do_cfg: bool, tokens: int, latent_hw: tuple[int, int],
+                 frames: tuple[int, ...] | None = None) -> torch.Tensor | None:
         """The mask resized to this block's token grid as ``[n, S, 1]`` (same for cond and uncond)."""
         if self.mask is None:
             return None
-        key = (n, do_cfg, tokens, tuple(latent_hw))
+        key = (n, do_cfg, tokens, tuple(latent_hw), frames)
         if key not in self._mask_cache:
             if not self._mask_cache:  # first use in this run: say when the mask gets stretched
                 mh, mw = self.mask.shape[-2:]
@@ -139,7 +150,7 @@ class LayerTerm:
                 off = (m.shape[1] - tokens) // 2
                 m = m[:, off : off + tokens]
             side = n // 2 if do_cfg else n
-            m = _fit(m, side)
+            m = _window(m, side, frames)
             if do_cfg:
                 m = torch.cat([m, m], 0)
             self._mask_cache[key] = m[:, :, None].contiguous()
@@ -200,16 +211,18 @@ class DecoupledAttnProcessor:
 
         # --- image terms: one SDPA per adapter, same heads, no attention mask ---
         tokens = hidden_states.shape[1]
+        frames = state.extra.get("frames")  # set by AnimateDiff's context windows
+        frames = tuple(frames) if frames is not None else None
         for term in acting:
-            ip_k, ip_v = term.kv(batch_size, state.do_cfg, attn.heads, query.dtype, state.uncond_only)
+            ip_k, ip_v = term.kv(batch_size, state.do_cfg, attn.heads, query.dtype, state.uncond_only, frames)
             ip = F.scaled_dot_product_attention(
                 query, ip_k, ip_v, attn_mask=None, dropout_p=0.0, is_causal=False
             )
             ip = ip.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
-            rows = term.row_scale(batch_size, state.do_cfg, query.dtype)
+            rows = term.row_scale(batch_size, state.do_cfg, query.dtype, frames)
             if rows is not None:
                 ip = ip * rows
-            mask = term.mask_for(batch_size, state.do_cfg, tokens, state.latent_hw)
+            mask = term.mask_for(batch_size, state.do_cfg, tokens, state.latent_hw, frames)
             if mask is not None:
                 ip = ip * mask.to(query.dtype)
             hidden_states = hidden_states + term.out_scale * ip

@@ -2,7 +2,8 @@
 
 They are random-weight models in the real architectures and file formats, loaded through exactly the code
 path real files take: ``sd`` (SD1.5 / SDXL checkpoints, VAEs, diffusers folders), ``ipadapter`` (CLIP vision
-encoders, h94 IP-Adapter files), ``controlnet`` (original-layout files and diffusers folders), ``upscale`` (a Real-ESRGAN x4 .pth). ``common``
+encoders, h94 IP-Adapter files), ``controlnet`` (original-layout files and diffusers folders), ``upscale`` (a
+Real-ESRGAN x4 .pth), ``animatediff`` (motion modules, both layouts). ``common``
 holds what the writers share. New families add their writer here and a line to :func:`write_all`.
 """
 
@@ -16,6 +17,7 @@ _lock = threading.Lock()
 
 def write_all(models_dir: Path) -> list[Path]:
     """Write (or confirm) every tiny model; returns their paths. Files already written are left alone."""
+    from .animatediff import write_tiny_motion_modules
     from .controlnet import write_tiny_controlnets
     from .ipadapter import (
         tiny_ipadapter_paths,
@@ -40,6 +42,7 @@ def write_all(models_dir: Path) -> list[Path]:
             paths += list(write_tiny_preset_ipadapters(models_dir, unets).values())
         paths += list(write_tiny_controlnets(models_dir).values())
         paths += list(write_tiny_upscale_models(models_dir).values())
+        paths += list(write_tiny_motion_modules(models_dir).values())
     return paths
 
 
