@@ -14,8 +14,8 @@ import torch
 
 from ipgraph.graphs import ASSETS_DIR
 
-MODEL_KINDS = ("checkpoints", "vae", "clip_vision", "ipadapter", "controlnet", "embeds")
-MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".ipadpt")
+MODEL_KINDS = ("checkpoints", "vae", "clip_vision", "ipadapter", "controlnet", "embeds", "loras", "insightface")
+MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".ipadpt", ".npy")
 
 
 class ModelNotFound(FileNotFoundError):

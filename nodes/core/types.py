@@ -46,12 +46,19 @@ class ModelHandle:
 
 @dataclass(frozen=True, eq=False)
 class ClipHandle:
-    """Text encoder(s) and tokenizer(s): one pair for SD1.5, two for SDXL."""
+    """Text encoder(s) and tokenizer(s): one pair for SD1.5, two for SDXL.
+
+    ``patches`` (LoRA, merges) are installed around text encoding, as a MODEL's are around sampling.
+    """
 
     text_encoders: tuple
     tokenizers: tuple
     arch: str
     source: str
+    patches: tuple = ()
+
+    def with_patch(self, patch: Any) -> ClipHandle:
+        return replace(self, patches=self.patches + (patch,))
 
     def cache_nbytes(self) -> int:
         return 0

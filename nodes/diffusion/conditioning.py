@@ -6,6 +6,7 @@ concatenated, the pooled projection of the second, and the size/crop conditionin
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ from pydantic import Field
 
 from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
 
+from ..core.patches import install_patches
 from ..core.types import SDXL, ClipHandle, Conditioning
 from ..core.widgets import runtime_of
 
@@ -54,7 +56,8 @@ def clip_text_encode_sdxl(inp: TextEncodeSDXLIn, ctx: NodeContext) -> Conditioni
 
 def _encode(clip: ClipHandle, text: str, ctx: NodeContext, time_ids: torch.Tensor | None) -> Conditioning:
     runtime = runtime_of(ctx)
-    with runtime.models.on_device(clip.text_encoders):
+    with runtime.models.on_device(clip.text_encoders), ExitStack() as stack:
+        install_patches(stack, clip.text_encoders, clip.patches, None)  # LoRA / merges, undone on exit
         embeds, pooled = encode_text(clip, text, runtime.device)
     return Conditioning(embeds.cpu(), None if pooled is None else pooled.cpu(), time_ids)
 

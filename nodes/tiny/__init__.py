@@ -18,14 +18,17 @@ def write_all(models_dir: Path) -> list[Path]:
     """Write (or confirm) every tiny model; returns their paths. Files already written are left alone."""
     from .controlnet import write_tiny_controlnets
     from .ipadapter import write_tiny_clip_vision, write_tiny_ipadapters
+    from .lora import write_tiny_loras
     from .sd import build_tiny, ensure_tiny_models
 
     with _lock:
         paths = list(ensure_tiny_models(models_dir).values())
         paths += list(write_tiny_clip_vision(models_dir).values())
-        unets = {"sd15": build_tiny("sd15")["unet"], "sdxl": build_tiny("sdxl")["unet"]}
+        built = {"sd15": build_tiny("sd15"), "sdxl": build_tiny("sdxl")}
+        unets = {kind: parts["unet"] for kind, parts in built.items()}
         paths += list(write_tiny_ipadapters(models_dir, unets).values())
         paths += list(write_tiny_controlnets(models_dir).values())
+        paths += list(write_tiny_loras(models_dir, built).values())
     return paths
 
 
