@@ -125,7 +125,12 @@ def load_lora(path: str | Path) -> LoraFile:
     path = Path(path)
     if not path.is_file():
         raise LoraFileError(f"LoRA file {path} does not exist.")
-    tensors = _read(path)
+    return parse_lora(_read(path), str(path))
+
+
+def parse_lora(tensors: dict[str, torch.Tensor], source: str) -> LoraFile:
+    """Parse LoRA tensors (any of the layouts above) into terms; ``source`` names them in messages."""
+    path = Path(source)
     entries: dict[tuple[str, str], dict] = {}
     skipped = []
     for key, value in tensors.items():
@@ -146,7 +151,7 @@ def load_lora(path: str | Path) -> LoraFile:
         fmt = "lycoris" if lyco else "kohya"
     else:
         fmt = "peft"
-    return LoraFile(str(path), fmt, terms, tuple(skipped))
+    return LoraFile(source, fmt, terms, tuple(skipped))
 
 
 def inspect_lora(path: Path) -> list[str]:
