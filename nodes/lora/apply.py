@@ -54,7 +54,7 @@ def lora_patches(lora: LoraFile, model: ModelHandle | None, clip: ClipHandle | N
     if "te1" in lora.parts and arch is not None and arch != SDXL:
         raise LoraMismatch(f"{name} is a LoRA for SDXL (it has weights for SDXL's second text encoder) but the "
                            f"checkpoint is {_arch_name(arch)}; load a LoRA made for {_arch_name(arch)}.")
-    matched, total = 0, len(lora.terms)
+    matched = 0
     model_patch = clip_patch = None
     if model is not None:
         terms, _ = _match(lora, "unet", unet_weight_names(model.unet), named_weights(model.unet), "model")

@@ -17,8 +17,9 @@ _lock = threading.Lock()
 def write_all(models_dir: Path) -> list[Path]:
     """Write (or confirm) every tiny model; returns their paths. Files already written are left alone."""
     from .controlnet import write_tiny_controlnets
-    from .ipadapter import write_tiny_clip_vision, write_tiny_ipadapters
     from .faceid import write_tiny_faceid
+    from .insightface import write_tiny_insightface
+    from .ipadapter import write_tiny_clip_vision, write_tiny_ipadapters
     from .lora import write_tiny_loras
     from .sd import build_tiny, ensure_tiny_models
 
@@ -31,6 +32,7 @@ def write_all(models_dir: Path) -> list[Path]:
         paths += list(write_tiny_controlnets(models_dir).values())
         paths += list(write_tiny_loras(models_dir, built).values())
         paths += list(write_tiny_faceid(models_dir, unets).values())
+        paths += list(write_tiny_insightface(models_dir).values())
     return paths
 
 
