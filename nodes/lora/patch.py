@@ -49,7 +49,7 @@ class LoraTerm:
         up, down = self.up.to(device, dtype), self.down.to(device, dtype)
         if self.mid is not None:
             mid = self.mid.to(device, dtype)
-            final = [up.shape[1], down.shape[0], mid.shape[2], mid.shape[3]]
+            final = [down.shape[1], down.shape[0], mid.shape[2], mid.shape[3]]
             down = torch.mm(down.transpose(0, 1).flatten(1), mid.transpose(0, 1).flatten(1))
             down = down.reshape(final).transpose(0, 1)
         rank = self.down.shape[0]
