@@ -10,9 +10,9 @@ mask operations), ``ipadapter/`` (CLIP vision, IP-Adapter, image embeddings), ``
 
 from .controlnet import nodes as _controlnet  # noqa: F401
 from .diffusion import conditioning, inpaint, latent, loaders, sampling  # noqa: F401
+from .faceid import nodes as _faceid  # noqa: F401
 from .image import image_io, image_ops, mask  # noqa: F401
 from .ipadapter import clip_vision, embeds  # noqa: F401
 from .ipadapter import nodes as _ipadapter  # noqa: F401
-from .faceid import nodes as _faceid  # noqa: F401
 from .lora import merge as _merge  # noqa: F401
 from .lora import nodes as _lora  # noqa: F401

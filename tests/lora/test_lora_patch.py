@@ -147,7 +147,7 @@ def _merged_weights(engine, node_type, **widgets):
     g = Graph()
     a = g.add("LoadCheckpoint", id="a", name="tiny-sd15.safetensors")
     b = g.add("LoadLora", id="b", model=a.model, name="tiny-sd15-lora-kohya.safetensors", strength_model=1.0)
-    m = g.add(node_type, id="m", model1=a.model, model2=b.model, **widgets)
+    g.add(node_type, id="m", model1=a.model, model2=b.model, **widgets)
     r = engine.run(g, outputs=["m", "b", "a"])
     from ipgraph.nodes.lora.patch import named_weights, patched_weight
 
