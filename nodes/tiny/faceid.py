@@ -4,7 +4,9 @@
   LoRA weights in ``ip_adapter`` (``{i}.to_q_lora.down.weight`` ...), nested ``torch.save`` dict as h94 ships.
 * ``ipadapter/tiny-ip-adapter-faceid-plusv2_sd15.bin``: ProjModelFaceIdPlus (perceiver over the tiny CLIP
   vision's penultimate states, width 64) + K/V + LoRA.
-* ``ipadapter/tiny-ip-adapter-faceid-portrait-v11_sd15.safetensors``: 16 tokens, no LoRA (flat keys).
+* ``ipadapter/tiny-ip-adapter-faceid-portrait-v11_sd15.safetensors`` / ``..._portrait_sdxl``: 16 tokens, no LoRA
+  (flat keys).
+* ``embeds/tiny-face.npy``: one face embedding as the reference code saves it (``np.save`` of a normed [512]).
 * ``loras/tiny-ip-adapter-faceid_sd15_lora.safetensors`` / ``...plusv2_sd15_lora``: the same LoRA weights
   as the .bin files, in kohya layout (``lora_unet_...``, the separate files ComfyUI users load).
 """
@@ -86,6 +88,7 @@ def write_tiny_faceid(models_dir: Path, unets: dict) -> dict[str, Path]:
         ("tiny-ip-adapter-faceid_sdxl.bin", "sdxl", "faceid", 301),
         ("tiny-ip-adapter-faceid-plusv2_sd15.bin", "sd15", "plus", 302),
         ("tiny-ip-adapter-faceid-portrait-v11_sd15.safetensors", "sd15", "portrait", 303),
+        ("tiny-ip-adapter-faceid-portrait_sdxl.safetensors", "sdxl", "portrait", 304),
     ]
     out = {}
     for name, arch, kind, seed in specs:
@@ -110,4 +113,11 @@ def write_tiny_faceid(models_dir: Path, unets: dict) -> dict[str, Path]:
             atomic_write(lora_dest, lambda tmp, s=kohya: save_file(s, str(tmp)))
             out[lora_dest.name] = lora_dest
         stamp.touch()
+    face = models_dir / "embeds" / "tiny-face.npy"
+    if not face.exists():
+        import numpy as np
+
+        e = torch.randn(ID, generator=torch.Generator().manual_seed(305))
+        atomic_write(face, lambda tmp: np.save(open(tmp, "wb"), (e / e.norm()).numpy()))
+    out[face.name] = face
     return out
