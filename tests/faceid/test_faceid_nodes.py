@@ -101,16 +101,6 @@ def test_comfy_faceid_nodes_equal_the_native_ones_with_the_embedded_lora(engine)
     assert (comfy - native).abs().max().item() <= 1e-5
 
 
-def test_faceid_plusv2_and_portrait_run_from_photos(engine):
-    for preset, shape in (("FACEID PLUS V2", (1, 224, 224, 3)), ("FACEID PORTRAIT (style transfer)", None)):
-        g = Graph()
-        ck = g.add("LoadCheckpoint", id="ckpt", name="tiny-sd15.safetensors")
-        fid = _comfy_faceid(g, ck, preset)
-        r = engine.run(txt2img(g, ck, fid.MODEL), outputs=["ks", "fid"])
-        assert torch.isfinite(first(r, "ks").samples).all()
-        assert r.outputs["fid"].face_image.shape == (1, 224, 224, 3) or shape is None
-
-
 def test_a_b_a_with_a_faceid_graph(engine):
     g = Graph()
     ck = g.add("LoadCheckpoint", id="ckpt", name="tiny-sd15.safetensors")
