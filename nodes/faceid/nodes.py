@@ -70,6 +70,7 @@ def _adapter_of(value: Any) -> FaceIDAdapter:
 def _plus_embeds(adapter: FaceIDAdapter, cv: ClipVision | None, crops: torch.Tensor | None,
                  clip_output: ClipVisionOutput | None, negative_image: torch.Tensor | None):
     """(cond, uncond) CLIP penultimate states ``[N, T, W]`` for FaceID-plus."""
+    cv = cv or getattr(clip_output, "encoder", None)
     if clip_output is not None:
         cond = clip_output.penultimate
     else:
@@ -297,12 +298,19 @@ class ModelOut(NodeOutputs):
 @node("FaceIDApply", category="ipadapter/faceid")
 def faceid_apply(inp: FaceIDApplyIn, ctx: NodeContext) -> ModelOut:
     """Condition the model on face-ID embeddings (FaceID, plus, plus v2, portrait) with the adapter's LoRA."""
-    model = apply_faceid(inp.model, inp.ipadapter, inp.face_embeds, clip_vision=inp.clip_vision,
-                         clip_output=inp.clip_vision_output, weight=inp.weight, weight_faceidv2=inp.weight_faceidv2,
-                         weight_type=inp.weight_type, combine=inp.combine_embeds, start_at=inp.start_at,
-                         end_at=inp.end_at, embeds_scaling=inp.embeds_scaling, attn_mask=inp.attn_mask,
-                         lora_strength=inp.lora_strength)
+    with _encoders_on_device(ctx, inp.clip_vision, getattr(inp.clip_vision_output, "encoder", None)):
+        model = apply_faceid(inp.model, inp.ipadapter, inp.face_embeds, clip_vision=inp.clip_vision,
+                             clip_output=inp.clip_vision_output, weight=inp.weight,
+                             weight_faceidv2=inp.weight_faceidv2,
+                             weight_type=inp.weight_type, combine=inp.combine_embeds, start_at=inp.start_at,
+                             end_at=inp.end_at, embeds_scaling=inp.embeds_scaling, attn_mask=inp.attn_mask,
+                             lora_strength=inp.lora_strength)
     return ModelOut(model=model)
+
+
+def _encoders_on_device(ctx, *encoders):
+    """The CLIP vision encoders on the compute device while FaceID-plus encodes the face crops."""
+    return runtime_of(ctx).models.on_device(*[cv.model for cv in encoders if cv is not None])
 
 
 # -- ComfyUI_IPAdapter_plus -------------------------------------------------------------------------------
@@ -419,8 +427,9 @@ def ipadapter_faceid(inp: IPAdapterFaceIDIn, ctx: NodeContext) -> IPAdapterFaceI
         faces = face_embeds(face, inp.image, crop)
     except InsightFaceError as exc:
         raise ValueError(str(exc)) from None
-    model = apply_faceid(inp.model, adapter, faces, clip_vision=cv, image_negative=inp.image_negative,
-                         weight=inp.weight, weight_faceidv2=inp.weight_faceidv2, weight_type=inp.weight_type,
-                         combine=inp.combine_embeds, start_at=inp.start_at, end_at=inp.end_at,
-                         embeds_scaling=inp.embeds_scaling, attn_mask=inp.attn_mask)
+    with _encoders_on_device(ctx, cv):
+        model = apply_faceid(inp.model, adapter, faces, clip_vision=cv, image_negative=inp.image_negative,
+                             weight=inp.weight, weight_faceidv2=inp.weight_faceidv2, weight_type=inp.weight_type,
+                             combine=inp.combine_embeds, start_at=inp.start_at, end_at=inp.end_at,
+                             embeds_scaling=inp.embeds_scaling, attn_mask=inp.attn_mask)
     return IPAdapterFaceIDOut(MODEL=model, face_image=faces.crops)
