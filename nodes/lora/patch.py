@@ -1,12 +1,14 @@
 """Weight patches: changes to named weights of a MODEL's UNet or a CLIP's text encoders (LoRA, merges).
 
-Why fused at install time: a :class:`WeightPatch` only *describes* ``w ← m·w + s·Δ`` per weight (m =
+Why fused, into a cached copy: a :class:`WeightPatch` only *describes* ``w ← m·w + s·Δ`` per weight (m =
 ``strength_model``, s = ``strength_patch``, Δ one of the terms below). While KSampler samples (or
-CLIPTextEncode encodes), the installer computes the patched weights in float32 from the ORIGINAL tensors,
-swaps them in (``param.data = patched``) and swaps the untouched originals back on exit, so undoing is exact
-(A-B-A bit-identical) and nothing outlives the call (memory stays flat however often the user switches
-LoRAs). Sampling then runs at the speed of a fused model; the price is computing Δ once per call, measured in
-bench/bench_lora.py against diffusers' unfused peft layers and ``fuse_lora``.
+CLIPTextEncode encodes), the installer swaps patched weights in (``param.data = patched``) and swaps the
+untouched original tensors back on exit, so undoing is exact (A-B-A bit-identical) and sampling runs at the
+speed of a fused model (unfused peft-style layers cost every step). The patched weights are computed in
+float32 from the originals once per patch set and kept for the last set used on each model (one slot per
+model, replaced on a switch), so sampling again with the same LoRAs costs nothing and switching costs one
+fuse, never a reload, with memory flat over any number of switches. bench/bench_lora.py measures both
+(fuse every call vs the cached copy) against diffusers' unfused layers and ``fuse_lora``.
 
 Patches of one handle are applied in handle order, like ComfyUI's ``calculate_weight``: for each patch that
 names the weight, first ``w ← m·w`` (when m ≠ 1), then ``w ← w + s·Δ``.
@@ -24,6 +26,7 @@ Terms (r = rank, α = the file's alpha, α/r = 1 when the file has no alpha):
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -170,6 +173,22 @@ def patched_weight(weight: torch.Tensor, name: str, patches, device=None, dtype=
     return w.to(dtype)
 
 
+# The fused weights of the last patch set installed on each target, so that sampling again with the same
+# LoRAs (a new seed, the next queued prompt) costs nothing: one entry per loaded UNet / CLIP, replaced (never
+# added to) when another set is installed, dropped with the model.
+_FUSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _owner(target: Any) -> torch.nn.Module:
+    return target if isinstance(target, torch.nn.Module) else target[0]
+
+
+def _key(patches: list, params: dict, names: list[str]) -> tuple:
+    """Which patches, on which original tensors (a model moved to another device is fused again)."""
+    return (tuple(id(p) for p in patches),
+            tuple((n, params[n].data_ptr(), str(params[n].device), params[n].dtype) for n in names))
+
+
 @contextmanager
 def weights_installed(target: Any, patches):
     """Swap the patched weights into ``target`` for the block; the original tensors come back after."""
@@ -180,13 +199,23 @@ def weights_installed(target: Any, patches):
     if missing:
         raise ValueError(f"a weight patch names {len(missing)} weights this model does not have "
                          f"(first: {missing[0]}); it was made for another model.")
+    if not names:
+        yield target
+        return
+    owner, key = _owner(target), _key(patches, params, names)
+    cached = _FUSED.get(owner)
+    if cached is None or cached[0] != key:
+        _FUSED.pop(owner, None)  # free the previous set's copies before making the new ones
+        with torch.no_grad():
+            fused = {n: patched_weight(params[n].data, n, patches, params[n].device, params[n].dtype)
+                     for n in names}
+        cached = (key, fused, tuple(patches))  # the patches are kept alive so that their ids stay unique
+        _FUSED[owner] = cached
     originals = {}
     try:
-        with torch.no_grad():
-            for n in names:
-                p = params[n]
-                originals[n] = p.data
-                p.data = patched_weight(p.data, n, patches, p.device, p.dtype)
+        for n in names:
+            originals[n] = params[n].data
+            params[n].data = cached[1][n]
         yield target
     finally:
         for n, data in originals.items():
