@@ -5,14 +5,10 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ipgraph.engine import Engine, Graph, NodeContext, NodeInputs, NodeOutputs, Output, Registry, Socket  # noqa: E402
+from ipgraph.engine import Engine, Graph, NodeContext, NodeInputs, NodeOutputs, Output, Registry, Socket
 
 REG = Registry()
 

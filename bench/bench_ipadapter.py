@@ -16,12 +16,10 @@ step and layer.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 STEPS, SIZE, WEIGHT = 20, 64, 0.6
 REFERENCE = "ipa_bear_ref.png"
@@ -37,7 +35,7 @@ def graph(seed: int, adapter: str | None):
     model = ck.model
     if adapter:
         cv = g.add("CLIPVisionLoader", id="cv", name="tiny-clip-vision.safetensors")
-        ipa = g.add("IPAdapterModelLoader", id="ipa", name=adapter)
+        ipa = g.add("IPAdapterModelLoader", id="ipa", ipadapter_file=adapter)
         ref = g.add("LoadImage", id="ref", image=REFERENCE)
         model = g.add("IPAdapterApply", id="apply", model=ck.model, ipadapter=ipa.ipadapter, image=ref.image,
                       clip_vision=cv.clip_vision, weight=WEIGHT).model

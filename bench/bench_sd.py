@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 STEPS, SIZE = 20, 64
 FILES = {"tiny": "tiny-sd15.safetensors", "mid": "mid-sd15.safetensors"}

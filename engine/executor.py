@@ -195,6 +195,16 @@ class Engine:
         emit(ev.RunFinished(run_id, seconds, tuple(executed), tuple(cached)))
         return RunResult(run_id, values, uis, executed, cached, seconds)
 
+    def cache_keys(self, graph: Graph, outputs: list[str] | None = None) -> dict[str, str]:
+        """The output-cache key each planned (cacheable) node would have, without running anything: lets a
+        scheduler send a graph to the worker whose cache already holds its upstream outputs."""
+        keys: dict[str, str] = {}
+        for node_id in self.plan(graph, outputs):
+            entry = graph.nodes[node_id]
+            node_type = self.registry[entry.type]
+            keys[node_id] = self._key(node_type, entry.inputs, self._literals(node_type, entry.inputs), keys)
+        return {n: k for n, k in keys.items() if not k.startswith("uncacheable:")}
+
     # -- helpers --------------------------------------------------------------------------------
     @staticmethod
     def _literals(node_type: NodeType, inputs: dict) -> dict:

@@ -141,6 +141,7 @@ class NodeType:
     comfy_aliases: dict[str, dict[str, str]] = field(default_factory=dict)
     renamed_inputs: dict[str, str] = field(default_factory=dict)  # an older document's name -> today's
     renamed_outputs: dict[str, str] = field(default_factory=dict)
+    upgraded_from: Callable[[dict], str | None] | None = None  # an older document's inputs -> today's type
     inputs: dict[str, InputSpec] = field(default_factory=dict)
     outputs: dict[str, OutputSpec] = field(default_factory=dict)
 
@@ -222,13 +223,16 @@ class Registry:
         comfy_aliases: dict[str, dict[str, str]] | None = None,
         renamed_inputs: dict[str, str] | None = None,
         renamed_outputs: dict[str, str] | None = None,
+        upgraded_from: Callable[[dict], str | None] | None = None,
     ) -> Callable[[Callable], Callable]:
         """Register ``fn(inputs, ctx) -> outputs``; input/output models come from its annotations.
 
         ``fingerprint(literals, resources)`` adds to the cache key what the literals do not say (a file's
         size and mtime). ``check(literals, resources)`` yields ``(input_name, sentence)`` problems found
         before anything runs (a model file that does not exist). ``renamed_inputs`` / ``renamed_outputs`` map
-        names an older version of the node used to today's names, so saved documents keep loading.
+        names an older version of the node used to today's names, so saved documents keep loading;
+        ``upgraded_from(inputs)`` names the type that an older document's node of this type is today (when this
+        type name was given to another node), or None.
         """
 
         def register(fn: Callable) -> Callable:
@@ -259,6 +263,7 @@ class Registry:
                 comfy_aliases=dict(comfy_aliases or {}),
                 renamed_inputs=dict(renamed_inputs or {}),
                 renamed_outputs=dict(renamed_outputs or {}),
+                upgraded_from=upgraded_from,
             )
             return fn
 

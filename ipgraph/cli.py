@@ -25,7 +25,7 @@ from ipgraph.engine import (
     ValidationFailed,
     events,
 )
-from ipgraph.engine.comfy import from_comfy_api, is_comfy_api
+from ipgraph.engine.comfy import graph_from_document
 
 
 class CliError(Exception):
@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         from ipgraph.server import main as serve_main
 
         return int(serve_main(argv[1:]) or 0)
+    if argv[:1] == ["worker"]:  # a remote worker of a server (see `ipgraph worker --help`)
+        from ipgraph.server.workers.remote import main as worker_main
+
+        return int(worker_main(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -65,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--registry", help="use MODULE:ATTR as the node registry instead of ipgraph's nodes")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
 
-    run = sub.add_parser("run", help="run a graph (JSON, ComfyUI API JSON, or a PNG saved by ipgraph)")
+    run = sub.add_parser("run", help="run a graph (ipgraph JSON, a ComfyUI workflow in UI or API format, or a "
+                                     "PNG saved by ipgraph or ComfyUI)")
     run.add_argument("graph")
     run.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                      help="change an input before running (VALUE is JSON, or a plain string)")
@@ -80,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a graph and print every problem")
     val.add_argument("graph")
     val.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE")
+    val.add_argument("--strict", action="store_true",
+                     help="treat warnings (inputs a node does not have, unreadable widget values) as errors")
     common(val)
     val.set_defaults(func=cmd_validate)
 
@@ -99,7 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--debug", action="store_true")
     lst.set_defaults(func=cmd_models_list)
 
+    graphs = sub.add_parser("graphs", help="list the bundled example graphs (or copy them with --copy DIR)")
+    graphs.add_argument("--copy", metavar="DIR", help="copy the graphs and their assets into DIR")
+    graphs.add_argument("--debug", action="store_true")
+    graphs.set_defaults(func=cmd_graphs)
+
     sub.add_parser("serve", help="run the HTTP/websocket server and the web editor (ipgraph serve --help)")
+    from ipgraph.nodes.training.cli import add_subcommands as add_training_subcommands
+
+    add_training_subcommands(sub)  # train ipadapter, convert ipadapter
+    sub.add_parser("worker", help="run jobs of a server on this machine (ipgraph worker --help)")
     return parser
 
 
@@ -108,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args) -> int:
     registry = load_registry(args.registry)
     runtime = make_runtime(args, registry)
-    graph = apply_sets(load_graph(args.graph, registry), args.set)
+    warnings: list[str] = []
+    graph = apply_sets(load_graph(args.graph, registry, runtime, warnings), args.set)
+    print_warnings(warnings)
     if registry is default_registry():
         from ipgraph.nodes.tiny import ensure_for_graph
 
@@ -145,8 +163,17 @@ def cmd_run(args) -> int:
 def cmd_validate(args) -> int:
     registry = load_registry(args.registry)
     runtime = make_runtime(args, registry)
-    graph = apply_sets(load_graph(args.graph, registry), args.set)
+    warnings: list[str] = []
+    graph = apply_sets(load_graph(args.graph, registry, runtime, warnings), args.set)
     problems = Engine(registry, runtime).validate(graph)
+    if args.strict and warnings:
+        print(f"error: {len(warnings)} warning(s) under --strict:", file=sys.stderr)
+        for w in warnings:
+            print(f"  - {w}", file=sys.stderr)
+        if problems:
+            print_problems(problems)
+        return 1
+    print_warnings(warnings)
     if problems:
         print_problems(problems)
         return 1
@@ -192,6 +219,27 @@ def cmd_models_list(args) -> int:
     return 0
 
 
+def cmd_graphs(args) -> int:
+    import shutil
+
+    from ipgraph.graphs import ASSETS_DIR, GRAPHS_DIR, bundled
+
+    if args.copy:
+        dest = Path(args.copy)
+        (dest / "assets").mkdir(parents=True, exist_ok=True)
+        for path in bundled().values():
+            shutil.copy2(path, dest / path.name)
+        for asset in ASSETS_DIR.iterdir():
+            if asset.is_file() and asset.suffix != ".py":
+                shutil.copy2(asset, dest / "assets" / asset.name)
+        print(f"copied {len(bundled())} graphs and their assets to {dest}")
+        return 0
+    for name in bundled():
+        print(name)
+    print(f"(in {GRAPHS_DIR}; `ipgraph run NAME` runs one)", file=sys.stderr)
+    return 0
+
+
 # -- helpers ------------------------------------------------------------------------------------------
 
 def default_registry() -> Registry:
@@ -225,24 +273,46 @@ def make_runtime(args, registry: Registry) -> Any:
                           dtype=getattr(args, "dtype", None))
 
 
-def load_graph(path_text: str, registry: Registry) -> Graph:
-    path = Path(path_text)
+def load_document(path: Path) -> Any:
+    """The JSON document in a file: a .json file, or the text chunks of a PNG saved by ipgraph
+    (``ipgraph``) or ComfyUI (``prompt``: the API-format prompt that ran, else ``workflow``: the editor's graph)."""
     if not path.exists():
-        raise CliError(f"no such graph file: {path}")
-    if path.suffix.lower() == ".png":
-        from ipgraph.nodes.image.image_io import graph_from_png
+        from ipgraph.graphs import bundled
 
-        doc = graph_from_png(path)
-        if doc is None:
-            raise CliError(f"{path} carries no ipgraph graph in its metadata")
-    else:
+        found = bundled().get(path.stem if path.suffix == ".json" and path.parent == Path(".") else str(path))
+        if found is None:
+            raise CliError(f"no such graph file: {path} (`ipgraph graphs` lists the bundled ones)")
+        path = found
+    if path.suffix.lower() == ".png":
+        from PIL import Image, UnidentifiedImageError
+
         try:
-            doc = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CliError(f"{path} is not valid JSON: {exc}") from None
-    if is_comfy_api(doc):
-        return from_comfy_api(doc, registry)
-    return Graph.from_dict(doc, registry)
+            with Image.open(path) as image:
+                info = dict(image.info)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise CliError(f"{path} is not a readable PNG: {exc}") from None
+        for key in ("ipgraph", "prompt", "workflow"):
+            if isinstance(info.get(key), str):
+                try:
+                    return json.loads(info[key])
+                except json.JSONDecodeError as exc:
+                    raise CliError(f"{path}: its {key!r} text chunk is not valid JSON: {exc}") from None
+        raise CliError(f"{path} carries no graph in its metadata (no ipgraph, prompt or workflow text chunk)")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CliError(f"{path} is not valid JSON: {exc}") from None
+
+
+def load_graph(path_text: str, registry: Registry, runtime: Any = None, warnings: list[str] | None = None) -> Graph:
+    doc = load_document(Path(path_text))
+
+    def object_info() -> dict:
+        from ipgraph.server.comfy_api import object_info as describe
+
+        return describe(registry, runtime)
+
+    return graph_from_document(doc, registry, object_info, warnings)
 
 
 def apply_sets(graph: Graph, sets: list[str]) -> Graph:
@@ -259,6 +329,11 @@ def apply_sets(graph: Graph, sets: list[str]) -> Graph:
             value = raw
         graph.set(node_id, input_name, value)
     return graph
+
+
+def print_warnings(warnings: list[str]) -> None:
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
 
 
 def print_problems(problems) -> None:

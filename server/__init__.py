@@ -39,6 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-gb", type=float, default=2.0, help="output cache size (GB)")
     p.add_argument("--no-frontend", action="store_true", help="API only, no web editor at /")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    w = p.add_argument_group("workers (server/README.md, 'Workers')")
+    w.add_argument("--workers", default=os.environ.get("IPGRAPH_WORKERS", "inprocess"),
+                   help="inprocess (default), local:N, ray, ray:N, ray://HOST:PORT, or none (remote workers only)")
+    w.add_argument("--worker-count", type=int, default=None, help="Ray workers (default: one per GPU, else 1)")
+    w.add_argument("--lease-s", type=float, default=30.0, help="job lease length in seconds (default 30)")
+    w.add_argument("--max-attempts", type=int, default=2,
+                   help="leases a job gets before a lost worker fails it for good (default 2)")
+    w.add_argument("--routing", default="affinity", choices=["affinity", "fifo", "random"],
+                   help="which pending job a free worker takes (default: cache affinity)")
     return p
 
 
@@ -52,6 +61,8 @@ def config_from_args(args: argparse.Namespace):
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         cache_bytes=int(args.cache_gb * 1024**3),
         serve_frontend=not args.no_frontend,
+        workers=args.workers, worker_count=args.worker_count, lease_s=args.lease_s,
+        max_attempts=max(1, args.max_attempts), routing=args.routing,
     )
 
 

@@ -28,6 +28,7 @@ from .security import LOOPBACK_HOSTS, SecurityMiddleware
 from .state import FRONTEND_VERSION, ServerConfig, State, default_runtime, frontend_static_dir
 from .system_routes import system_router
 from .userdata import add_userdata_routes
+from .workers.http_routes import worker_router
 
 __all__ = ["ServerConfig", "State", "create_app"]
 
@@ -71,6 +72,7 @@ def create_app(config: ServerConfig | None = None, registry: Registry | None = N
                                        "extra_info": {}}}, status_code=exc.status_code)
 
     app.include_router(native_router(state))
+    app.include_router(worker_router(state))
     router = APIRouter()
     router.include_router(comfy_router(state))
     router.include_router(system_router(state))

@@ -15,7 +15,7 @@ from ipgraph.engine import GraphProblem, NodeType, Registry
 from ipgraph.engine.graph import Graph, is_link
 from ipgraph.engine.validate import graph_dag, output_nodes
 
-from .files import list_images
+from .files import list_input_images
 
 SEED_NAMES = ("seed", "noise_seed")
 _PASS_OPTIONS = ("multiline", "tooltip", "dynamicPrompts", "image_upload", "forceInput", "defaultInput",
@@ -109,7 +109,7 @@ def input_spec(spec, runtime: Any = None) -> list:
         if kind:
             choices = _list_models(runtime, kind) if runtime is not None else []
         elif extra.get("image_upload"):
-            choices = list_images(runtime.input_dir) if runtime is not None and hasattr(runtime, "input_dir") else []
+            choices = list_input_images(runtime.input_dir) if runtime is not None and hasattr(runtime, "input_dir") else []
             opts["image_upload"] = True
         else:
             choices = list(spec.choices or ())

@@ -12,6 +12,7 @@ from starlette.datastructures import UploadFile
 
 from ipgraph.engine import GraphFormatError
 from ipgraph.engine.comfy import is_comfy_api
+from ipgraph.engine.comfy_ui import is_ui_workflow, ui_to_api
 
 from . import comfy_api, files
 from .responses import error, job_images, json_body, ms, num
@@ -42,7 +43,7 @@ def _comfy_job(state: State, job: Job, detail: bool = False) -> dict:
         "preview_output": images[0] if images else None,
         "outputs_count": len(images) if job.status in FINISHED else None,
         "previewable_outputs_count": len(images) if job.status in FINISHED else None,
-        "execution_error": error, "workflow_id": (job.extra_data.get("extra_pnginfo") or {}).get(
+        "execution_error": error, "worker": job.worker, "attempts": job.attempts, "workflow_id": (job.extra_data.get("extra_pnginfo") or {}).get(
             "workflow", {}).get("id") if isinstance(job.extra_data.get("extra_pnginfo"), dict) else None,
     }
     if detail:
@@ -71,6 +72,8 @@ def _queue_item(state: State, job: Job) -> list:
     extra = dict(job.extra_data or {})
     if job.client_id:
         extra.setdefault("client_id", job.client_id)
+    if job.worker and job.status == RUNNING:
+        extra["ipgraph_worker"] = job.worker  # which worker runs it (server/workers)
     return [num(job.number), job.id, state.comfy_prompt(job), extra, job.outputs or []]
 
 
@@ -90,8 +93,16 @@ def comfy_router(state: State) -> APIRouter:
         prompt = body["prompt"]
         if not isinstance(prompt, dict) or not prompt:
             return error(400, "invalid_prompt", "the prompt must be a non-empty object", "")
+        if is_ui_workflow(prompt):  # a UI-format workflow posted as the prompt: convert it as the editor would
+            try:
+                prompt, ui_warnings = await run_in_threadpool(ui_to_api, prompt, state.object_info())
+            except (GraphFormatError, ValueError, TypeError, KeyError) as exc:
+                return error(400, "invalid_prompt", "Cannot execute because the workflow is malformed", str(exc))
+        else:
+            ui_warnings = []
+        warnings: list[str] = list(ui_warnings)
         try:
-            graph = state.parse_graph(prompt)
+            graph = state.parse_graph(prompt, warnings)
         except (GraphFormatError, ValueError, TypeError, KeyError) as exc:
             return error(400, "invalid_prompt", "Cannot execute because the prompt is malformed", str(exc))
         targets = body.get("partial_execution_targets")
@@ -103,7 +114,10 @@ def comfy_router(state: State) -> APIRouter:
         problems = await run_in_threadpool(state.engine.validate, graph, outputs)
         if problems:
             top, errors = comfy_api.node_errors(problems, graph)
-            return JSONResponse({"error": top, "node_errors": errors}, status_code=400)
+            body = {"error": top, "node_errors": errors}
+            if warnings:
+                body["warnings"] = warnings
+            return JSONResponse(body, status_code=400)
         job_id = body.get("prompt_id")
         if job_id is not None:
             if not isinstance(job_id, str) or not _ID_RE.match(job_id):
@@ -121,7 +135,10 @@ def comfy_router(state: State) -> APIRouter:
         job = state.submit(graph, outputs=outputs, client_id=client_id,
                            prompt=prompt if is_comfy_api(prompt) else None, extra_data=extra_data,
                            front=bool(body.get("front")), number=number, job_id=job_id)
-        return {"prompt_id": job.id, "number": num(job.number), "node_errors": {}}
+        reply = {"prompt_id": job.id, "number": num(job.number), "node_errors": {}}
+        if warnings:  # inputs left out are reported, never dropped silently
+            reply["warnings"] = warnings
+        return reply
 
     @r.get("/prompt")
     def get_prompt():
@@ -235,7 +252,8 @@ def comfy_router(state: State) -> APIRouter:
         if base is None:
             raise HTTPException(400, "type must be output, input or temp")
         try:
-            path = files.safe_join(base, subfolder, filename)
+            path = (files.input_image_path(base, subfolder, filename) if type == "input"
+                    else files.safe_join(base, subfolder, filename))
         except files.UnsafePath as exc:
             raise HTTPException(403, str(exc)) from None
         if not path.is_file():

@@ -2,8 +2,9 @@
 
 ``safe_join`` refuses absolute paths, ``..`` components, backslashes, NUL bytes and drive letters, then resolves
 symlinks and checks the result is still inside the (resolved) base. Uploaded images are decoded fully with Pillow
-under a pixel limit before anything is written, and saved under a sanitised name with the extension of the
-format Pillow found.
+under a pixel limit before anything is written, and saved under the user's own file name (a workflow names the
+file it was given: ``photo.jpeg`` stays ``photo.jpeg``): only folder parts, control characters and leading dots
+are taken out; a name without an image extension gets the extension of the format Pillow found.
 """
 
 from __future__ import annotations
@@ -55,11 +56,14 @@ def safe_join(base: Path, *pieces: str) -> Path:
     return path
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
+
+
 def sanitize_filename(name: str, max_len: int = 120) -> str:
-    """A plain file name: no folders, no control characters, no leading dots, limited length."""
+    """The last path part of ``name``: no folders, no control characters, no leading dots, limited length."""
     name = unicodedata.normalize("NFC", str(name or ""))
     name = name.replace("\\", "/").split("/")[-1]
-    name = re.sub(r"[^\w.\- ()\[\]]", "_", name, flags=re.UNICODE).strip(" .")
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip().lstrip(".").strip()
     if not name:
         name = "upload"
     stem, dot, ext = name.rpartition(".")
@@ -102,9 +106,9 @@ def store_upload(folder: Path, subfolder: str, filename: str, data: bytes, max_p
     """
     _, fmt = decode_image(data, max_pixels)
     name = sanitize_filename(filename)
-    stem = name.rsplit(".", 1)[0] if "." in name else name
-    ext = ALLOWED_FORMATS[fmt]
-    name = stem + ext
+    if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+        name += ALLOWED_FORMATS[fmt]
+    stem, ext = name[: -len(Path(name).suffix)], Path(name).suffix
     target_dir = safe_join(folder, subfolder)
     target_dir.mkdir(parents=True, exist_ok=True)
     target = safe_join(target_dir, name)
@@ -128,6 +132,25 @@ def store_upload(folder: Path, subfolder: str, filename: str, data: bytes, max_p
 
 def media_type(path: Path) -> str:
     return MIME.get(path.suffix.lower(), "application/octet-stream")
+
+
+def input_image_path(input_dir: Path, subfolder: str, filename: str) -> Path:
+    """An input image as the nodes find it: the input folder first, then the bundled demo assets (what the
+    bundled graphs name), so ``/view?type=input`` shows the editor the same file the run will read."""
+    path = safe_join(input_dir, subfolder, filename)
+    if path.is_file():
+        return path
+    from ipgraph.graphs import ASSETS_DIR
+
+    bundled = safe_join(ASSETS_DIR, subfolder, filename)
+    return bundled if bundled.is_file() and bundled.suffix.lower() in IMAGE_SUFFIXES else path
+
+
+def list_input_images(input_dir: Path) -> list[str]:
+    """The images a LoadImage combo offers: the input folder's and the bundled assets (names not shadowed)."""
+    from ipgraph.graphs import ASSETS_DIR
+
+    return sorted(set(list_images(input_dir)) | set(list_images(ASSETS_DIR)))
 
 
 def list_images(folder: Path) -> list[str]:

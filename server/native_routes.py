@@ -10,13 +10,14 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ipgraph.engine import Graph, GraphFormatError
+from ipgraph.engine.comfy_ui import is_ui_workflow, ui_to_api
 
 from . import comfy_api
 from .responses import job_images, json_body
 from .state import State
 from .store import Job
 from .system_routes import model_kinds
-from .workflows import bundled_graphs
+from .workflows import bundled_graphs, to_ui_workflow
 
 
 def native_router(state: State) -> APIRouter:
@@ -46,6 +47,15 @@ def native_router(state: State) -> APIRouter:
     def graphs():
         return sorted(bundled_graphs(Path(state.config.graphs_dir)))
 
+    @r.get("/first_workflow", summary="The workflow a fresh editor opens (a bundled graph, editor format)")
+    def first_workflow():
+        name = state.config.first_workflow
+        path = bundled_graphs(Path(state.config.graphs_dir)).get(name)
+        if path is None:
+            raise HTTPException(404, f"the first workflow {name!r} is not among the bundled graphs")
+        graph = Graph.from_json(path.read_text(), state.registry)
+        return {"name": name, "workflow": to_ui_workflow(graph, state.runtime, name=name)}
+
     @r.get("/graphs/{name}")
     def graph(name: str):
         path = bundled_graphs(Path(state.config.graphs_dir)).get(name)
@@ -53,12 +63,13 @@ def native_router(state: State) -> APIRouter:
             raise HTTPException(404, "no such bundled graph")
         return json.loads(path.read_text())
 
-    async def _graph_from(request: Request) -> tuple[dict, Graph, list[str] | None]:
+    async def _graph_from(request: Request, warnings: list[str] | None = None
+                          ) -> tuple[dict, Graph, list[str] | None]:
         body = await json_body(request, None)
         if not isinstance(body, dict) or not isinstance(body.get("graph"), dict):
             raise HTTPException(400, 'expected {"graph": {...}}')
         try:
-            graph = state.parse_graph(body["graph"])
+            graph = state.parse_graph(body["graph"], warnings)
         except (GraphFormatError, ValueError, TypeError, KeyError) as exc:
             raise HTTPException(400, f"not a graph: {exc}") from None
         outputs = body.get("outputs")
@@ -66,11 +77,26 @@ def native_router(state: State) -> APIRouter:
             raise HTTPException(400, "outputs must be a list of node ids")
         return body, graph, outputs
 
+    @r.post("/convert", summary="Convert a UI-format workflow (what the editor saves) to ComfyUI's API format")
+    async def convert(request: Request):
+        body = await json_body(request, None)
+        workflow = body.get("workflow") if isinstance(body, dict) and "workflow" in body else body
+        if not is_ui_workflow(workflow):
+            raise HTTPException(400, 'expected a UI-format workflow ({"nodes": [...], "links": [...]}), '
+                                'or {"workflow": {...}}')
+        try:
+            prompt, warnings = await run_in_threadpool(ui_to_api, workflow, state.object_info())
+            state.parse_graph(prompt, warnings)  # adds the sentences about inputs a node does not have
+        except (GraphFormatError, ValueError, TypeError, KeyError) as exc:
+            raise HTTPException(400, f"not a workflow: {exc}") from None
+        return {"prompt": prompt, "warnings": warnings}
+
     @r.post("/validate", summary="Validate a graph without running it")
     async def validate(request: Request):
-        _, graph, outputs = await _graph_from(request)
+        warnings: list[str] = []
+        _, graph, outputs = await _graph_from(request, warnings)
         problems = await run_in_threadpool(state.engine.validate, graph, outputs)
-        return {"valid": not problems, "problems": [p.to_dict() for p in problems]}
+        return {"valid": not problems, "problems": [p.to_dict() for p in problems], "warnings": warnings}
 
     @r.post("/jobs", status_code=202, summary="Queue a graph (ipgraph/1 or ComfyUI API format)")
     async def submit(request: Request):

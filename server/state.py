@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from ipgraph.engine import Engine, Graph, Registry
-from ipgraph.engine.comfy import from_comfy_api, is_comfy_api, to_comfy_api
+from ipgraph.engine.comfy import graph_from_document, to_comfy_api
 from ipgraph.graphs import GRAPHS_DIR
 
 from .hub import Hub
 from .store import PENDING, Job, JobStore
-from .worker import Worker
 
 log = logging.getLogger("ipgraph.server")
 
@@ -48,11 +47,20 @@ class ServerConfig:
     port: int = 8188
     token: str | None = None
     graphs_dir: Path = GRAPHS_DIR
+    first_workflow: str = "txt2img.json"  # what a fresh editor opens (one of the bundled graphs)
     max_upload_bytes: int = 32 * 1024 * 1024
     max_upload_pixels: int | None = None  # default: the runtime's max_pixels
     cache_bytes: int = 2 * 1024**3
     serve_frontend: bool = True
     prepare_tiny_models: bool = True  # generate the tiny demo models the bundled graphs name (default registry)
+    workers: str = "inprocess"  # inprocess | local:N | ray | ray:N | ray://HOST:PORT | none (server/workers)
+    worker_count: int | None = None  # Ray workers (default: one per GPU, else 1)
+    lease_s: float = 30.0  # a job's lease; workers renew it every lease_s/4 or so
+    max_attempts: int = 2  # leases a job gets before a lost worker fails it for good
+    routing: str = "affinity"  # affinity | fifo | random
+    ray_num_cpus: int | None = None  # CPUs of the local Ray cluster (default: all)
+    registry_spec: str | None = None  # MODULE:ATTR registry for Ray workers (default: ipgraph's nodes)
+    respawn_delay_s: float = 2.0  # wait before replacing a dead Ray actor
     extra: dict = field(default_factory=dict)
 
     @property
@@ -102,13 +110,13 @@ class State:
         self.runtime = runtime
         for d in (config.output_dir, config.input_dir, config.temp_dir, config.user_dir / "workflows"):
             Path(d).mkdir(parents=True, exist_ok=True)
-        self.store = JobStore(Path(config.data_dir) / "ipgraph.sqlite")
+        self.store = JobStore(Path(config.data_dir) / "ipgraph.sqlite", max_attempts=config.max_attempts)
         self.hub = Hub()
         self.engine = Engine(registry, runtime, cache_bytes=config.cache_bytes)
-        self.worker = Worker(self.store, self.hub, self.engine,
-                             before_first_job=self._prepare_models if (
-                                 uses_default_registry and config.prepare_tiny_models) else None)
         self.uses_default_registry = uses_default_registry
+        from .workers import build_pool
+
+        self.worker = build_pool(self)  # every worker of this server, behind the one lease protocol
         self.settings_lock = threading.Lock()
         self.max_pixels = config.max_upload_pixels or int(getattr(runtime, "max_pixels", 4096 * 4096))
         self.started = time.time()
@@ -139,10 +147,15 @@ class State:
             log.exception("could not prepare tiny models")
 
     # -- graph intake -------------------------------------------------------------------------------
-    def parse_graph(self, doc: Any) -> Graph:
-        if is_comfy_api(doc):
-            return from_comfy_api(doc, self.registry)
-        return Graph.from_dict(doc, self.registry)
+    def parse_graph(self, doc: Any, warnings: list[str] | None = None) -> Graph:
+        """ipgraph/1, ComfyUI API format or a UI-format workflow; sentences about what was left out (unknown
+        inputs, unreadable widget values) go to ``warnings``."""
+        return graph_from_document(doc, self.registry, self.object_info, warnings)
+
+    def object_info(self) -> dict:
+        from .comfy_api import object_info
+
+        return object_info(self.registry, self.runtime)
 
     def submit(self, graph: Graph, *, outputs: list[str] | None, client_id: str | None, prompt: dict | None,
                extra_data: dict | None, front: bool = False, number: float | None = None,

@@ -10,11 +10,14 @@ import sys
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 
 from . import comfy_api
 from .responses import json_body
 from .state import FRONTEND_VERSION, State
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+EXTENSIONS = ("ipgraph.js",)  # the editor imports these (first screen, requests kept on this machine)
 
 
 def system_router(state: State) -> APIRouter:
@@ -53,7 +56,13 @@ def system_router(state: State) -> APIRouter:
 
     @r.get("/extensions")
     def extensions():
-        return []
+        return [f"/extensions/ipgraph/{name}" for name in EXTENSIONS]
+
+    @r.get("/extensions/ipgraph/{name}", include_in_schema=False)
+    def extension_file(name: str):
+        if name not in EXTENSIONS:
+            raise HTTPException(404, "no such extension file")
+        return FileResponse(WEB_DIR / name, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
 
     @r.get("/i18n")
     def i18n():
@@ -146,4 +155,5 @@ def system_stats(state: State) -> dict:
                        "installed_templates_version": None, "required_templates_version": None,
                        "python_version": sys.version.split()[0], "pytorch_version": torch_version,
                        "embedded_python": False, "argv": ["ipgraph", "serve"]},
-            "devices": devices}
+            "devices": devices,
+            "workers": state.worker.describe()}  # ipgraph: every worker, its device and the job it runs

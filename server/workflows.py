@@ -28,9 +28,12 @@ ROW_GAP = 40
 SLOT_HEIGHT = 24
 
 
-def _node_size(nt, n_in: int, n_out: int, n_widgets: int, multiline: int) -> list[int]:
+IMAGE_PREVIEW_HEIGHT = 180  # the editor shows the chosen image under an upload widget
+
+
+def _node_size(nt, n_in: int, n_out: int, n_widgets: int, multiline: int, uploads: int = 0) -> list[int]:
     rows = max(n_in, n_out) + n_widgets
-    return [NODE_WIDTH, 40 + SLOT_HEIGHT * rows + 90 * multiline]
+    return [NODE_WIDTH, 40 + SLOT_HEIGHT * rows + 90 * multiline + IMAGE_PREVIEW_HEIGHT * min(uploads, 1)]
 
 
 def to_ui_workflow(graph: Graph, runtime: Any = None, name: str = "") -> dict:
@@ -76,7 +79,8 @@ def to_ui_workflow(graph: Graph, runtime: Any = None, name: str = "") -> dict:
             outputs_ui = [{"name": o.name, "type": o.socket, "links": [], "slot_index": i}
                           for i, o in enumerate(nt.outputs.values())]
         n_widgets = len([1 for _ in widgets_values])
-        size = _node_size(nt, len(inputs_ui), len(outputs_ui), n_widgets, multiline)
+        uploads = sum(1 for _, kind in widget_slots(nt) if kind == "upload") if nt is not None else 0
+        size = _node_size(nt, len(inputs_ui), len(outputs_ui), n_widgets, multiline, uploads)
         title = (nt.display_name if nt is not None and nt.display_name else entry.type)
         nodes_out[node_id] = {
             "id": ids[node_id], "type": entry.type, "pos": [0, 0], "size": size, "flags": {},
@@ -122,6 +126,8 @@ def to_ui_workflow(graph: Graph, runtime: Any = None, name: str = "") -> dict:
         node["pos"] = [col * (NODE_WIDTH + COLUMN_GAP), y]
         column_y[col] = y + node["size"][1] + ROW_GAP
 
+    saved = [n for n in order if isinstance(positions.get(n), (list, tuple)) and len(positions[n]) >= 2]
+    _separate([nodes_out[n] for n in saved], [nodes_out[n] for n in order if n not in saved])
     return {
         "id": str(uuid.uuid5(uuid.NAMESPACE_URL, "ipgraph:" + (name or json.dumps(graph.to_dict(), sort_keys=True)))),
         "revision": 0,
@@ -134,6 +140,48 @@ def to_ui_workflow(graph: Graph, runtime: Any = None, name: str = "") -> dict:
         "extra": {"ds": {"scale": 1.0, "offset": [40, 40]}, "ipgraph": {"source": name}},
         "version": 0.4,
     }
+
+
+TITLE_HEIGHT = 30  # LiteGraph draws the title above ``pos``
+GAP = 30
+
+
+def _rect(node: dict) -> tuple[float, float, float, float]:
+    x, y = node["pos"]
+    w, h = node["size"]
+    return x, y - TITLE_HEIGHT, x + w, y + h
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    ax0, ay0, ax1, ay1 = _rect(a)
+    bx0, by0, bx1, by1 = _rect(b)
+    return ax0 < bx1 + GAP / 2 and bx0 < ax1 + GAP / 2 and ay0 < by1 + GAP / 2 and by0 < ay1 + GAP / 2
+
+
+def overlapping(nodes: list[dict]) -> list[tuple[int, int]]:
+    """Pairs of node ids whose boxes (title included, half a gap around each) intersect."""
+    return [(a["id"], b["id"]) for i, a in enumerate(nodes) for b in nodes[i + 1:] if _overlap(a, b)]
+
+
+def _separate(saved: list[dict], laid_out: list[dict]) -> None:
+    """Move nodes right or down, whichever is the shorter move, until no two overlap: saved positions were
+    made for other node sizes, and the editor draws nodes exactly at their ``pos``. Nodes with a saved
+    position are placed first (left to right), the ones laid out here move around them."""
+    placed: list[dict] = []
+    nodes = sorted(saved, key=lambda n: (n["pos"][0], n["pos"][1])) + laid_out
+    for node in nodes:
+        for _ in range(4 * len(nodes) + 4):
+            hit = next((p for p in placed if _overlap(node, p)), None)
+            if hit is None:
+                break
+            hx0, hy0, hx1, hy1 = _rect(hit)
+            dx = hx1 + GAP - node["pos"][0]
+            dy = hy1 + GAP + TITLE_HEIGHT - node["pos"][1]
+            if dx <= dy:
+                node["pos"] = [node["pos"][0] + dx, node["pos"][1]]
+            else:
+                node["pos"] = [node["pos"][0], node["pos"][1] + dy]
+        placed.append(node)
 
 
 def bundled_graphs(graphs_dir: Path) -> dict[str, Path]:

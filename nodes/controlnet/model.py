@@ -207,6 +207,7 @@ class Control:
     start: float
     end: float
     mask: torch.Tensor | None = None
+    to_uncond: bool = False  # ComfyUI's control_apply_to_uncond: attached to positive, acts on negative too
 
     @property
     def model(self):
@@ -248,12 +249,13 @@ def control_residuals(positive: Conditioning, negative: Conditioning, state: Sam
                       embeds, added, device, dtype):
     """Sum of the active ControlNets' (down residuals, mid residual) for this step, or (None, None).
 
-    A control attached to both conditionings (what ControlNetApply does) runs once on the whole CFG batch,
+    A control attached to both conditionings (what ControlNetApplyAdvanced does, and the legacy ControlNetApply
+    through ``to_uncond``) runs once on the whole CFG batch,
     exactly as diffusers runs it; one attached to a single side runs on that half and adds zeros to the other.
     """
     batch, cfg = state.batch_size, state.do_cfg
     pos_ids = {id(c) for c in positive.controls}
-    neg_ids = {id(c) for c in negative.controls} if cfg else set()
+    neg_ids = {id(c) for c in negative.controls + tuple(c for c in positive.controls if c.to_uncond)} if cfg else set()
     controls = _unique(positive.controls + (negative.controls if cfg else ()))
     down = mid = None
     for control in controls:

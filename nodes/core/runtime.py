@@ -1,6 +1,7 @@
 """Where files are and what hardware to use: the resources object the engine hands to every node.
 
-Folders follow ComfyUI's layout (checkpoints/, vae/, clip_vision/, ipadapter/, controlnet/, embeds/). The models
+Folders follow ComfyUI's layout (checkpoints/, vae/, clip_vision/, ipadapter/, controlnet/, embeds/ for image
+embeddings, embeddings/ for textual inversions, upscale_models/). The models
 folder comes from ``--models-dir``, else ``$IPGRAPH_MODELS_DIR``, else ``./models``.
 """
 
@@ -14,7 +15,10 @@ import torch
 
 from ipgraph.graphs import ASSETS_DIR
 
-MODEL_KINDS = ("checkpoints", "vae", "clip_vision", "ipadapter", "controlnet", "embeds", "loras", "insightface")
+MODEL_KINDS = (
+    "checkpoints", "vae", "clip_vision", "ipadapter", "controlnet", "embeds", "embeddings", "upscale_models",
+    "loras", "insightface",
+)
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".ipadpt", ".npy")
 
 

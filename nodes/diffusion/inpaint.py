@@ -82,7 +82,10 @@ def encode(vae, pixels: torch.Tensor, device) -> torch.Tensor:
 
 
 class LatentOut(NodeOutputs):
-    latent: Any = Output("LATENT")
+    LATENT: Any = Output("LATENT")
+
+
+OLD_LATENT = {"latent": "LATENT"}  # ipgraph/1 documents named the output in lower case
 
 
 class EncodeForInpaintIn(NodeInputs):
@@ -92,7 +95,8 @@ class EncodeForInpaintIn(NodeInputs):
     grow_mask_by: int = Field(6, ge=0, le=64, description="dilate the mask by this many pixels first")
 
 
-@node("VAEEncodeForInpaint", category="latent/inpaint")
+@node("VAEEncodeForInpaint", category="latent/inpaint", display_name="VAE Encode (for Inpainting)",
+      renamed_outputs=OLD_LATENT)
 def vae_encode_for_inpaint(inp: EncodeForInpaintIn, ctx: NodeContext) -> LatentOut:
     """Encode an image for inpainting with a regular (4-channel) checkpoint: the latent carries a noise mask
     and KSampler keeps everything outside it."""
@@ -101,7 +105,7 @@ def vae_encode_for_inpaint(inp: EncodeForInpaintIn, ctx: NodeContext) -> LatentO
     mask = pixel_mask(inp.mask, inp.pixels, inp.grow_mask_by)
     with runtime.models.on_device(inp.vae.vae):
         samples = encode(inp.vae, inp.pixels, runtime.device)
-    return LatentOut(latent=Latent(samples, noise_mask=latent_mask(mask, samples.shape[-2:])))
+    return LatentOut(LATENT=Latent(samples, noise_mask=latent_mask(mask, samples.shape[-2:])))
 
 
 class InpaintConditioningIn(NodeInputs):
@@ -110,6 +114,8 @@ class InpaintConditioningIn(NodeInputs):
     vae: Any = Socket("VAE")
     pixels: Any = Socket("IMAGE")
     mask: Any = Socket("MASK", description="1 = repaint; resized to the image if its size differs")
+    noise_mask: bool = Field(True, description="also attach the mask as the latent's noise mask (ComfyUI's "
+                                               "default); KSampler uses it only with 4-channel models")
 
 
 class InpaintConditioningOut(NodeOutputs):
@@ -130,7 +136,7 @@ def inpaint_latent(vae, pixels: torch.Tensor, mask: torch.Tensor, device) -> Lat
     return Latent(samples, concat=concat)
 
 
-@node("InpaintModelConditioning", category="conditioning/inpaint")
+@node("InpaintModelConditioning", category="conditioning/inpaint", display_name="InpaintModelConditioning")
 def inpaint_model_conditioning(inp: InpaintConditioningIn, ctx: NodeContext) -> InpaintConditioningOut:
     """Prepare a latent for a 9-channel inpainting checkpoint (mask + masked-image latents)."""
     runtime = runtime_of(ctx)
@@ -138,6 +144,8 @@ def inpaint_model_conditioning(inp: InpaintConditioningIn, ctx: NodeContext) -> 
     mask = pixel_mask(inp.mask, inp.pixels)
     with runtime.models.on_device(inp.vae.vae):
         latent = inpaint_latent(inp.vae, inp.pixels, mask, runtime.device)
+    if inp.noise_mask:
+        latent = latent.replace(noise_mask=latent.concat[:, :1].clone())
     return InpaintConditioningOut(positive=inp.positive, negative=inp.negative, latent=latent)
 
 
@@ -146,13 +154,14 @@ class SetNoiseMaskIn(NodeInputs):
     mask: Any = Socket("MASK", description="1 = repaint; pixel-sized or latent-sized")
 
 
-@node("SetLatentNoiseMask", category="latent/inpaint")
+@node("SetLatentNoiseMask", category="latent/inpaint", display_name="Set Latent Noise Mask",
+      renamed_outputs=OLD_LATENT)
 def set_latent_noise_mask(inp: SetNoiseMaskIn, ctx: NodeContext) -> LatentOut:
     """Restrict sampling to the masked region of an existing latent (4-channel models)."""
     latent: Latent = inp.samples
     b, _, h, w = latent.samples.shape
     mask = mask_4d(inp.mask)
     if tuple(mask.shape[-2:]) == (h, w):
-        return LatentOut(latent=latent.replace(noise_mask=binarize(fit_mask(mask, h, w, b))))
+        return LatentOut(LATENT=latent.replace(noise_mask=binarize(fit_mask(mask, h, w, b))))
     mask = binarize(fit_mask(mask, h * 8, w * 8, b))
-    return LatentOut(latent=latent.replace(noise_mask=latent_mask(mask, (h, w))))
+    return LatentOut(LATENT=latent.replace(noise_mask=latent_mask(mask, (h, w))))

@@ -1,4 +1,4 @@
-"""Latents: EmptyLatentImage, VAEEncode, VAEDecode.
+"""Latents: EmptyLatentImage, VAEEncode, VAEDecode (ComfyUI's class names, inputs and output names).
 
 LATENT holds samples already multiplied by the VAE's scaling factor (what the UNet sees), as diffusers'
 pipelines and ComfyUI keep them.
@@ -20,13 +20,16 @@ LATENT_CHANNELS = 4
 
 
 class EmptyLatentIn(NodeInputs):
-    width: int = Field(512, ge=8, le=16384, multiple_of=8, description="image width in pixels")
-    height: int = Field(512, ge=8, le=16384, multiple_of=8, description="image height in pixels")
-    batch_size: int = Field(1, ge=1, le=64)
+    width: int = Field(512, ge=16, le=16384, multiple_of=8, description="image width in pixels")
+    height: int = Field(512, ge=16, le=16384, multiple_of=8, description="image height in pixels")
+    batch_size: int = Field(1, ge=1, le=4096, description="the number of latent images in the batch")
 
 
 class LatentOut(NodeOutputs):
-    latent: Any = Output("LATENT")
+    LATENT: Any = Output("LATENT")
+
+
+OLD_LATENT = {"latent": "LATENT"}  # ipgraph/1 documents named the output in lower case
 
 
 def _size_check(literals: dict, runtime):
@@ -36,11 +39,12 @@ def _size_check(literals: dict, runtime):
                         "(raise it with --max-pixels if you mean it)")
 
 
-@node("EmptyLatentImage", category="latent", check=_size_check)
+@node("EmptyLatentImage", category="latent", check=_size_check, display_name="Empty Latent Image",
+      renamed_outputs=OLD_LATENT)
 def empty_latent(inp: EmptyLatentIn, ctx: NodeContext) -> LatentOut:
     """An all-zero latent of the given size (text-to-image starts from noise added to it)."""
     samples = torch.zeros(inp.batch_size, LATENT_CHANNELS, inp.height // 8, inp.width // 8)
-    return LatentOut(latent=Latent(samples))
+    return LatentOut(LATENT=Latent(samples))
 
 
 class VAEEncodeIn(NodeInputs):
@@ -77,13 +81,13 @@ def vae_decode(vae: VaeHandle, samples: torch.Tensor, device: torch.device) -> t
     return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
 
 
-@node("VAEEncode", category="latent")
+@node("VAEEncode", category="latent", display_name="VAE Encode", renamed_outputs=OLD_LATENT)
 def vae_encode_node(inp: VAEEncodeIn, ctx: NodeContext) -> LatentOut:
     """Encode images into a latent (image-to-image starts from it)."""
     runtime = runtime_of(ctx)
     check_pixels(inp.pixels, runtime)
     with runtime.models.on_device(inp.vae.vae):
-        return LatentOut(latent=Latent(vae_encode(inp.vae, inp.pixels, runtime.device)))
+        return LatentOut(LATENT=Latent(vae_encode(inp.vae, inp.pixels, runtime.device)))
 
 
 class VAEDecodeIn(NodeInputs):
@@ -92,12 +96,12 @@ class VAEDecodeIn(NodeInputs):
 
 
 class ImageOut(NodeOutputs):
-    image: Any = Output("IMAGE")
+    IMAGE: Any = Output("IMAGE")
 
 
-@node("VAEDecode", category="latent")
+@node("VAEDecode", category="latent", display_name="VAE Decode", renamed_outputs={"image": "IMAGE"})
 def vae_decode_node(inp: VAEDecodeIn, ctx: NodeContext) -> ImageOut:
     """Decode a latent into images."""
     runtime = runtime_of(ctx)
     with runtime.models.on_device(inp.vae.vae):
-        return ImageOut(image=vae_decode(inp.vae, inp.samples.samples, runtime.device))
+        return ImageOut(IMAGE=vae_decode(inp.vae, inp.samples.samples, runtime.device))

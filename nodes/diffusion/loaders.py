@@ -24,7 +24,7 @@ class LoadCheckpointOut(NodeOutputs):
     vae: Any = Output("VAE")
 
 
-def _inspect_checkpoint(path: Path):
+def inspect_checkpoint_file(path: Path):
     if path.is_file() and path.suffix.lower() == ".safetensors":
         try:
             info = inspect_checkpoint(path)
@@ -32,16 +32,20 @@ def _inspect_checkpoint(path: Path):
             yield str(exc)
             return
         if info.kind != "checkpoint":
-            yield f"{path.name} holds only a VAE; load it with LoadVAE"
+            yield f"{path.name} holds only a VAE; load it with a VAE loader (VAELoader / LoadVAE)"
 
 
-@node("LoadCheckpoint", category="loaders", check=model_file_check("checkpoints", _inspect_checkpoint),
-      fingerprint=model_file_fingerprint("checkpoints"),
-      comfy_aliases={"CheckpointLoaderSimple": {"ckpt_name": "name"}})
+@node("LoadCheckpoint", category="loaders", check=model_file_check("checkpoints", inspect_checkpoint_file),
+      fingerprint=model_file_fingerprint("checkpoints"))
 def load_checkpoint_node(inp: LoadCheckpointIn, ctx: NodeContext) -> LoadCheckpointOut:
     """Load an SD1.5 or SDXL checkpoint; the architecture is detected from the weights."""
-    runtime = runtime_of(ctx)
-    path = runtime.model_path("checkpoints", inp.name)
+    model, clip, vae = load_checkpoint_handles(runtime_of(ctx), inp.name)
+    return LoadCheckpointOut(model=model, clip=clip, vae=vae)
+
+
+def load_checkpoint_handles(runtime, name: str) -> tuple[ModelHandle, ClipHandle, VaeHandle]:
+    """(MODEL, CLIP, VAE) handles of a checkpoint in models/checkpoints (the weights are shared, loaded once)."""
+    path = runtime.model_path("checkpoints", name)
 
     def load():
         ckpt = load_checkpoint(path, device="cpu", dtype=runtime.dtype)
@@ -49,11 +53,9 @@ def load_checkpoint_node(inp: LoadCheckpointIn, ctx: NodeContext) -> LoadCheckpo
         return ckpt
 
     ckpt = runtime.models.load(("checkpoint", str(path)), load)
-    return LoadCheckpointOut(
-        model=ModelHandle(ckpt.unet, ckpt.arch, dict(ckpt.scheduler_config), str(path)),
-        clip=ClipHandle(tuple(ckpt.text_encoders), tuple(ckpt.tokenizers), ckpt.arch, str(path)),
-        vae=VaeHandle(ckpt.vae, ckpt.arch, str(path)),
-    )
+    return (ModelHandle(ckpt.unet, ckpt.arch, dict(ckpt.scheduler_config), str(path)),
+            ClipHandle(tuple(ckpt.text_encoders), tuple(ckpt.tokenizers), ckpt.arch, str(path)),
+            VaeHandle(ckpt.vae, ckpt.arch, str(path)))
 
 
 class LoadVAEIn(NodeInputs):
@@ -64,12 +66,14 @@ class LoadVAEOut(NodeOutputs):
     vae: Any = Output("VAE")
 
 
-@node("LoadVAE", category="loaders", check=model_file_check("vae"), fingerprint=model_file_fingerprint("vae"),
-      comfy_aliases={"VAELoader": {"vae_name": "name"}})
+@node("LoadVAE", category="loaders", check=model_file_check("vae"), fingerprint=model_file_fingerprint("vae"))
 def load_vae_node(inp: LoadVAEIn, ctx: NodeContext) -> LoadVAEOut:
     """Load a standalone VAE to use instead of the checkpoint's own."""
-    runtime = runtime_of(ctx)
-    path = runtime.model_path("vae", inp.name)
+    return LoadVAEOut(vae=load_vae_handle(runtime_of(ctx), inp.name))
+
+
+def load_vae_handle(runtime, name: str) -> VaeHandle:
+    path = runtime.model_path("vae", name)
 
     def load():
         vae = load_vae(path, device="cpu", dtype=runtime.dtype)
@@ -77,7 +81,7 @@ def load_vae_node(inp: LoadVAEIn, ctx: NodeContext) -> LoadVAEOut:
         return vae
 
     vae = runtime.models.load(("vae", str(path)), load)
-    return LoadVAEOut(vae=VaeHandle(vae, _vae_arch(vae), str(path)))
+    return VaeHandle(vae, _vae_arch(vae), str(path))
 
 
 def _vae_arch(vae) -> str:

@@ -1,19 +1,36 @@
-"""KSampler: the denoising loop, step for step the one diffusers' Stable Diffusion pipelines run.
+"""KSampler and KSamplerAdvanced (ComfyUI's nodes) and the sampling loop behind every sampler node.
 
-The loop follows StableDiffusion(XL)Pipeline / Img2Img / Inpaint so that, for the same weights, scheduler,
-seed and settings, the latents match diffusers (the oracle tests prove it). Noise comes from a CPU generator
-seeded with ``seed`` (same images on CPU and CUDA). ``denoise`` is diffusers' img2img ``strength``: 1.0 starts
-from pure noise (the input latent gives only the size), below 1.0 the input latent is noised to the matching
-timestep and only the remaining steps run.
+One loop serves KSampler, KSamplerAdvanced and SamplerCustom(Advanced). It runs a (sampler, schedule) pair
+one of two ways (``samplers.py`` says which pairs go where):
 
-Patches carried by the MODEL handle (IP-Adapter) and ControlNets carried by the conditionings are installed
-for the duration of this call only; the shared UNet is left as it was found.
+- **diffusers**: step for step the loop of diffusers' Stable Diffusion pipelines (txt2img, img2img, the
+  4-channel inpaint blend), so the latents equal the pipelines' for the same weights, scheduler, seed and
+  settings (the oracle tests prove it). A schedule part ``[start, end)`` of ``total`` steps runs the
+  scheduler's timesteps from index ``start`` (as img2img does) and stops at ``end``. A run from the first
+  step starts from ``noise * init_noise_sigma`` alone (the input latent only gives the size, as in the
+  pipelines; ComfyUI adds the latent to the noise). A latent returned with
+  leftover noise (and one read back without added noise) is in ComfyUI's convention ``x = x0 + sigma * eps``
+  (VP schedulers' samples are rescaled by ``sqrt(alphas_cumprod)`` on the way out and in).
+- **k-diffusion**: ComfyUI's sampling on sigmas: ``x = latent + noise * sigma_0`` (``sqrt(1 + sigma_0^2)``
+  when sigma_0 is the model's largest), the model called on ``x / sqrt(1 + sigma^2)`` at the nearest
+  training timestep, x0 predicted per ``ModelSamplingDiscrete``'s kind, the 4-channel inpaint mask applied to
+  the model's input and x0 (ComfyUI's KSamplerX0Inpaint), the algorithm from ``kdiffusion.py``.
+
+``steps`` and ``denoise`` mean what they mean in ComfyUI: ``denoise < 1`` runs ``steps`` steps of a
+``int(steps / denoise)``-step schedule, the last ones (diffusers' img2img with ``num_inference_steps =
+int(steps / denoise)`` and ``strength = denoise``). Noise comes from a CPU generator seeded with the seed,
+``torch.randn(latent shape)`` (ComfyUI's and diffusers' noise alike; same images on CPU and CUDA).
+
+Patches carried by the MODEL handle (IP-Adapter, ...) and ControlNets carried by the conditionings are
+installed for the duration of one call only; the shared UNet is left as it was found.
 """
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-from typing import Any
+import math
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -23,10 +40,24 @@ from pydantic import Field
 
 from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
 
-from ..core.patches import install_patches
-from ..core.types import SDXL, Conditioning, Latent, ModelHandle, SamplingState
+from ..core.patches import install_patches, patch_installer
+from ..core.types import Conditioning, Latent, ModelHandle, SamplingState
 from ..core.widgets import runtime_of
-from .samplers import SamplerName, ScheduleName, make_scheduler, step_kwargs, supports_karras
+from . import kdiffusion
+from .guidance import Guidance
+from .samplers import (
+    SAMPLERS,
+    ModelSampling,
+    SamplerName,
+    ScheduleName,
+    canonical,
+    diffusers_overrides,
+    kdiffusion_sigmas,
+    make_scheduler,
+    step_kwargs,
+)
+
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 # Cheap latent → RGB approximations for live previews (linear maps of the 4 latent channels).
 _PREVIEW_FACTORS = {
@@ -37,43 +68,308 @@ _PREVIEW_FACTORS = {
 }
 
 
+# ------------------------------------------------------------------------------------ model sampling patch
+@dataclass(frozen=True)
+class ModelSamplingPatch:
+    """ModelSamplingDiscrete's choice: what the UNet predicts (eps, v_prediction, lcm, x0) and zero-SNR."""
+
+    kind: str
+    zsnr: bool = False
+
+
+@patch_installer(ModelSamplingPatch)
+def _install_model_sampling(unet, patches, state):
+    return nullcontext()  # read by the sampler (model_sampling_of); nothing changes in the UNet
+
+
+def model_sampling_of(model: ModelHandle) -> ModelSampling:
+    """The handle's noise schedule: the last ModelSamplingDiscrete on it, else the checkpoint's config."""
+    config = model.scheduler_config
+    kind = "v_prediction" if config.get("prediction_type") == "v_prediction" else "eps"
+    zsnr = bool(config.get("rescale_betas_zero_snr", False))
+    for patch in model.patches:
+        if isinstance(patch, ModelSamplingPatch):
+            kind, zsnr = patch.kind, patch.zsnr
+    return ModelSampling(config, kind, zsnr)
+
+
+# ------------------------------------------------------------------------------------------ the sampling call
+@dataclass(frozen=True)
+class Plan:
+    """A named schedule of ``total`` steps of which steps ``[start, end)`` run; ``zero_end``: the last sigma is
+    set to 0 (full denoise) when ``end < total`` (KSamplerAdvanced without leftover noise)."""
+
+    schedule: str
+    total: int
+    start: int = 0
+    end: int | None = None
+    zero_end: bool = False
+
+    @property
+    def stop(self) -> int:
+        return self.total if self.end is None else min(self.end, self.total)
+
+    def sigmas(self, ms: ModelSampling, sampler: str) -> torch.Tensor:
+        """ComfyUI's sigmas for this plan (KSampler.sample's slicing)."""
+        sigmas = kdiffusion_sigmas(ms, sampler, self.schedule, self.total)
+        if self.stop < len(sigmas) - 1:
+            sigmas = sigmas[: self.stop + 1].clone()
+            if self.zero_end:
+                sigmas[-1] = 0.0
+        return sigmas[self.start:] if self.start < len(sigmas) - 1 else sigmas[:0]
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    samples: torch.Tensor  # CPU float32
+    denoised: torch.Tensor  # the last x0 prediction (SamplerCustom's denoised_output)
+
+
+def uses_diffusers(model: ModelHandle, sampler: str, plan: Plan | torch.Tensor) -> bool:
+    """Whether this call runs a diffusers scheduler (else ComfyUI's k-diffusion algorithm on sigmas)."""
+    if not isinstance(plan, Plan) or diffusers_overrides(sampler, plan.schedule) is None:
+        return False
+    if plan.zero_end and plan.stop < plan.total:
+        return False
+    return model_sampling_of(model).kind in ("eps", "v_prediction")
+
+
+@torch.no_grad()
+def run_sampling(model: ModelHandle, positive: Conditioning, negative: Conditioning | None, latent: Latent, *,
+                 cfg: float, sampler: str, plan: Plan | torch.Tensor, seed: int, add_noise: bool = True, device,
+                 dtype, on_step=None) -> SampleResult:
+    """Sample ``latent`` with the guided model (``negative`` None: no guidance). ``plan`` is a named schedule
+    or explicit sigmas (SIGMAS); ``add_noise`` False starts from the latent as it is (leftover noise).
+    ``seed`` also drives the stochastic samplers' noise. Returns CPU float32 latents."""
+    ms = model_sampling_of(model)
+    init = latent.samples.to(device=device, dtype=dtype)
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    noise = None
+    if add_noise:
+        noise = randn_tensor(tuple(init.shape), generator=generator, device=torch.device(device), dtype=dtype)
+    state = SamplingState(batch_size=init.shape[0], latent_hw=tuple(init.shape[2:]))
+    concat = latent.concat
+    guidance = Guidance(model, positive, negative, cfg, tuple(init.shape), ms, state, device, dtype, concat)
+    with ExitStack() as stack:
+        install_patches(stack, model.unet, model.patches, state)
+        if uses_diffusers(model, sampler, plan):
+            return _run_diffusers(model, guidance, latent, init, noise, sampler, plan, ms, generator, state,
+                                  on_step, device)
+        sigmas = plan.sigmas(ms, sampler) if isinstance(plan, Plan) else plan
+        return _run_kdiffusion(guidance, latent, init, noise, sampler, sigmas, ms, seed, state, on_step, device)
+
+
+def _x0(ms: ModelSampling, x: torch.Tensor, out: torch.Tensor, sigma: float) -> torch.Tensor:
+    """x0 predicted from the model output at noise level sigma (x in the VE convention)."""
+    if ms.kind == "x0":
+        return out
+    if ms.kind == "v_prediction":
+        return x / (sigma ** 2 + 1) - out * sigma / (sigma ** 2 + 1) ** 0.5
+    x0 = x - out * sigma
+    if ms.kind == "lcm":  # LCM's boundary condition (ComfyUI's ModelSamplingDiscrete "lcm")
+        scaled = ms.timestep(sigma) * 10.0
+        c_skip = 0.25 / (scaled ** 2 + 0.25)
+        c_out = scaled / (scaled ** 2 + 0.25) ** 0.5
+        return c_out * x0 + c_skip * x
+    return x0
+
+
+def _run_kdiffusion(guidance, latent, init, noise, sampler, sigmas, ms, seed, state, on_step, device):
+    name = canonical(sampler)
+    if name not in kdiffusion.SAMPLERS:
+        raise ValueError(f"the {sampler} sampler runs only through its diffusers scheduler, which cannot follow "
+                         "these sigmas; pick a BasicScheduler schedule it supports or another sampler")
+    sigmas = [float(s) for s in sigmas]
+    if len(sigmas) < 2:
+        return SampleResult(latent.samples.clone(), latent.samples.clone())
+    x = init
+    if noise is not None:
+        s0 = sigmas[0]
+        scale = math.sqrt(1.0 + s0 * s0) if (math.isclose(ms.sigma_max, s0, rel_tol=1e-5) or s0 > ms.sigma_max) else s0
+        x = init + noise * scale
+    mask = latent.noise_mask.to(device=device, dtype=init.dtype) if (
+        latent.noise_mask is not None and latent.concat is None) else None
+    base_noise = noise if noise is not None else torch.zeros_like(init)
+    state.total_steps = len(sigmas) - 1
+    last = {"x0": init}
+
+    def denoise(x, sigma):
+        if mask is not None:
+            x = x * mask + (init + base_noise * sigma) * (1 - mask)
+        t = torch.tensor(ms.timestep(sigma), device=device)
+        out = guidance(x / math.sqrt(sigma * sigma + 1.0), t, sigma)
+        x0 = _x0(ms, x, out, sigma)
+        if mask is not None:
+            x0 = x0 * mask + init * (1 - mask)
+        last["x0"] = x0
+        return x0
+
+    def callback(i, denoised):
+        state.step = i + 1 if i + 1 < state.total_steps else i
+        if on_step is not None:
+            on_step(i + 1, state.total_steps, denoised)
+
+    state.step = 0
+    draw = kdiffusion.noise_source(tuple(init.shape), seed)  # float32 on the CPU, as ComfyUI's
+    noise_fn = lambda: draw().to(device=device, dtype=init.dtype)  # noqa: E731
+    x = kdiffusion.SAMPLERS[name](denoise, x, sigmas, noise_fn, callback)
+    if mask is not None:
+        x = x * mask + init * (1 - mask)
+    return SampleResult(x.float().cpu(), last["x0"].float().cpu())
+
+
+def _run_diffusers(model, guidance, latent, init, noise, sampler, plan: Plan, ms, generator, state, on_step,
+                   device):
+    extra = {"prediction_type": "v_prediction" if ms.kind == "v_prediction" else "epsilon"}
+    if ms.zsnr:
+        extra["rescale_betas_zero_snr"] = True
+    scheduler = make_scheduler(sampler, plan.schedule, model.scheduler_config, extra)
+    scheduler.set_timesteps(plan.total, device=device)
+    order = scheduler.order
+    full = scheduler.timesteps
+    start = plan.start * order
+    stop = len(full) if plan.stop >= plan.total else plan.stop * order  # PNDM has one timestep more
+    timesteps = full[start:stop]
+    if len(timesteps) == 0:
+        return SampleResult(latent.samples.clone(), latent.samples.clone())
+    if start > 0 and hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    vp = SAMPLERS[canonical(sampler)].vp
+
+    def alpha_bar(t) -> float:
+        return float(scheduler.alphas_cumprod[int(t)])
+
+    into = math.sqrt(alpha_bar(timesteps[0])) if vp else 1.0  # a VE latent in this scheduler's sample space
+    if noise is None:
+        latents = init * into
+    elif start == 0:  # diffusers' pipelines: at full denoise the input latent only gives the size
+        latents = noise * scheduler.init_noise_sigma
+    else:
+        latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(init.shape[0]))
+    blend_mask = None
+    if latent.noise_mask is not None and latent.concat is None:  # 4-channel inpainting (diffusers' blend)
+        blend_mask = latent.noise_mask.to(device=device, dtype=init.dtype)
+    base_noise = noise if noise is not None else torch.zeros_like(init)
+    state.total_steps = len(timesteps)
+    kwargs = step_kwargs(scheduler, generator)
+    x0 = init
+    for i, t in enumerate(timesteps):
+        state.step = i
+        sigma = ms.sigma(float(t))
+        output = guidance(scheduler.scale_model_input(latents, t), t, sigma)
+        x0 = _x0(ms, latents * (math.sqrt(1 + sigma * sigma) if vp else 1.0), output, sigma)
+        latents = scheduler.step(output, t, latents, **kwargs, return_dict=True).prev_sample
+        if blend_mask is not None:
+            proper = init
+            if i < len(timesteps) - 1:
+                proper = scheduler.add_noise(init, base_noise, timesteps[i + 1: i + 2])
+            latents = (1 - blend_mask) * proper + blend_mask * latents
+        if on_step is not None:
+            on_step(i + 1, len(timesteps), x0)
+    if vp and stop < len(full):  # leftover noise: back to x = x0 + sigma * eps
+        latents = latents / math.sqrt(alpha_bar(full[stop]))
+    return SampleResult(latents.float().cpu(), x0.float().cpu())
+
+
+@torch.no_grad()
+def sample(model: ModelHandle, positive: Conditioning, negative: Conditioning, latent: Latent, *, seed: int,
+           steps: int, cfg: float, sampler: str, schedule: str, denoise: float, device, dtype,
+           on_step=None) -> torch.Tensor:
+    """KSampler's sampling as a function; returns the final latents on the CPU in float32."""
+    if denoise <= 0:
+        return latent.samples.clone()
+    total = steps if denoise >= 0.9999 else int(steps / denoise)
+    plan = Plan(schedule, total, start=total - steps)
+    return run_sampling(model, positive, negative, latent, cfg=cfg, sampler=sampler, plan=plan, seed=seed,
+                        device=device, dtype=dtype, on_step=on_step).samples
+
+
+# ---------------------------------------------------------------------------------------------------- nodes
+def Seed(description: str = "noise seed") -> Any:  # noqa: N802
+    return Field(0, ge=0, le=SEED_MAX, description=description, json_schema_extra={"control_after_generate": True})
+
+
+def Steps() -> Any:  # noqa: N802
+    return Field(20, ge=1, le=10000)
+
+
+def Cfg() -> Any:  # noqa: N802
+    return Field(8.0, ge=0.0, le=100.0, description="classifier-free guidance scale (1 = none)",
+                 json_schema_extra={"step": 0.1, "round": 0.01})
+
+
 class KSamplerIn(NodeInputs):
     model: Any = Socket("MODEL")
+    seed: int = Seed()
+    steps: int = Steps()
+    cfg: float = Cfg()
+    sampler_name: SamplerName = "euler"
+    scheduler: ScheduleName = "simple"
     positive: Any = Socket("CONDITIONING")
     negative: Any = Socket("CONDITIONING")
     latent_image: Any = Socket("LATENT")
-    seed: int = Field(0, ge=0, le=2**64 - 1, description="noise seed",
-                      json_schema_extra={"control_after_generate": True})
-    steps: int = Field(20, ge=1, le=1000)
-    cfg: float = Field(7.5, ge=0.0, le=100.0, description="classifier-free guidance scale (<= 1: no guidance)")
-    sampler_name: SamplerName = "euler"
-    scheduler: ScheduleName = "normal"
-    denoise: float = Field(1.0, ge=0.0, le=1.0, description="1 = from noise; lower keeps more of the input latent")
+    denoise: float = Field(1.0, ge=0.0, le=1.0, description="1 = from noise; lower keeps more of the input latent",
+                           json_schema_extra={"step": 0.01})
 
 
 class LatentOut(NodeOutputs):
-    latent: Any = Output("LATENT")
+    LATENT: Any = Output("LATENT")
 
 
-def _check(literals: dict, runtime):
-    if literals["scheduler"] == "karras" and not supports_karras(literals["sampler_name"]):
-        yield "scheduler", f"the {literals['sampler_name']} sampler has no karras schedule; use 'normal'"
-
-
-@node("KSampler", category="sampling", check=_check)
+@node("KSampler", category="sampling", display_name="KSampler", renamed_outputs={"latent": "LATENT"})
 def ksampler(inp: KSamplerIn, ctx: NodeContext) -> LatentOut:
     """Denoise a latent with the model, guided by the positive and negative conditioning."""
     runtime = runtime_of(ctx)
-    model: ModelHandle = inp.model
-    latent: Latent = inp.latent_image
-    check_latent_fits_model(latent, model)
+    check_latent_fits_model(inp.latent_image, inp.model)
     if inp.denoise <= 0:
-        return LatentOut(latent=latent)
-    with runtime.models.on_device(model.unet, *_control_models(inp.positive, inp.negative)):
-        samples = sample(model, inp.positive, inp.negative, latent, seed=inp.seed, steps=inp.steps, cfg=inp.cfg,
-                         sampler=inp.sampler_name, schedule=inp.scheduler, denoise=inp.denoise,
-                         device=runtime.device, dtype=runtime.dtype, on_step=_progress(ctx, model.arch))
-    return LatentOut(latent=latent.replace(samples=samples))
+        return LatentOut(LATENT=inp.latent_image)
+    total = inp.steps if inp.denoise >= 0.9999 else int(inp.steps / inp.denoise)
+    plan = Plan(inp.scheduler, total, start=total - inp.steps)
+    result = sample_node(ctx, inp.model, inp.positive, inp.negative, inp.latent_image, cfg=inp.cfg,
+                         sampler=inp.sampler_name, plan=plan, seed=inp.seed, runtime=runtime)
+    return LatentOut(LATENT=inp.latent_image.replace(samples=result.samples))
+
+
+class KSamplerAdvancedIn(NodeInputs):
+    model: Any = Socket("MODEL")
+    add_noise: Literal["enable", "disable"] = "enable"
+    noise_seed: int = Seed()
+    steps: int = Steps()
+    cfg: float = Cfg()
+    sampler_name: SamplerName = "euler"
+    scheduler: ScheduleName = "simple"
+    positive: Any = Socket("CONDITIONING")
+    negative: Any = Socket("CONDITIONING")
+    latent_image: Any = Socket("LATENT")
+    start_at_step: int = Field(0, ge=0, le=10000)
+    end_at_step: int = Field(10000, ge=0, le=10000)
+    return_with_leftover_noise: Literal["disable", "enable"] = "disable"
+
+
+@node("KSamplerAdvanced", category="sampling", display_name="KSampler (Advanced)")
+def ksampler_advanced(inp: KSamplerAdvancedIn, ctx: NodeContext) -> LatentOut:
+    """Run steps [start_at_step, end_at_step) of a steps-long schedule; with leftover noise the result can be
+    finished by a second KSamplerAdvanced (add_noise disabled) starting where this one ended."""
+    runtime = runtime_of(ctx)
+    check_latent_fits_model(inp.latent_image, inp.model)
+    plan = Plan(inp.scheduler, inp.steps, start=inp.start_at_step, end=inp.end_at_step,
+                zero_end=inp.return_with_leftover_noise != "enable")
+    if plan.start >= plan.stop:
+        return LatentOut(LATENT=inp.latent_image)
+    result = sample_node(ctx, inp.model, inp.positive, inp.negative, inp.latent_image, cfg=inp.cfg,
+                         sampler=inp.sampler_name, plan=plan, seed=inp.noise_seed,
+                         add_noise=inp.add_noise == "enable", runtime=runtime)
+    return LatentOut(LATENT=inp.latent_image.replace(samples=result.samples))
+
+
+def sample_node(ctx: NodeContext, model: ModelHandle, positive, negative, latent: Latent, *, cfg, sampler, plan,
+                seed, runtime, add_noise: bool = True) -> SampleResult:
+    """What every sampler node does: move the models to the device, sample, report progress."""
+    conds = [c for c in (positive, negative) if c is not None]
+    with runtime.models.on_device(model.unet, *_control_models(*conds)):
+        return run_sampling(model, positive, negative, latent, cfg=cfg, sampler=sampler, plan=plan, seed=seed,
+                            add_noise=add_noise, device=runtime.device, dtype=runtime.dtype,
+                            on_step=_progress(ctx, model.arch))
 
 
 def check_latent_fits_model(latent: Latent, model: ModelHandle) -> None:
@@ -105,120 +401,3 @@ def latent_preview(samples: torch.Tensor, arch: str, size: int = 256) -> Image.I
     image = Image.fromarray(np.ascontiguousarray(array))
     scale = max(1, size // max(image.size))
     return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-
-
-def _batch(cond: Conditioning, n: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    embeds = cond.embeds.to(device=device, dtype=dtype)
-    embeds = embeds.repeat(1, n, 1).view(embeds.shape[0] * n, embeds.shape[1], -1)
-    pooled = None if cond.pooled is None else cond.pooled.to(device=device, dtype=dtype).repeat(1, n).view(n, -1)
-    return embeds, pooled
-
-
-def _time_ids(cond: Conditioning, height: int, width: int) -> torch.Tensor:
-    """SDXL size conditioning: (original h, w, crop top, left, target h, w); zeros mean the image size."""
-    default = [height, width, 0, 0, height, width]
-    if cond.add_time_ids is None:
-        return torch.tensor([default], dtype=torch.float32)
-    values = cond.add_time_ids[0].tolist()
-    for i in (0, 1, 4, 5):
-        values[i] = values[i] or default[i]
-    return torch.tensor([values], dtype=torch.float32)
-
-
-@torch.no_grad()
-def sample(model: ModelHandle, positive: Conditioning, negative: Conditioning, latent: Latent, *, seed: int,
-           steps: int, cfg: float, sampler: str, schedule: str, denoise: float, device, dtype,
-           on_step=None) -> torch.Tensor:
-    """Run the denoising loop; returns the final latents on the CPU in float32."""
-    unet = model.unet
-    scheduler = make_scheduler(sampler, schedule, model.scheduler_config)
-    generator = torch.Generator("cpu").manual_seed(seed)
-    do_cfg = cfg > 1.0
-    batch = latent.samples.shape[0]
-
-    scheduler.set_timesteps(steps, device=device)
-    timesteps = scheduler.timesteps
-    if denoise < 1.0:  # diffusers' Img2Img get_timesteps
-        init_timestep = min(int(steps * denoise), steps)
-        t_start = max(steps - init_timestep, 0)
-        timesteps = scheduler.timesteps[t_start * scheduler.order:]
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(t_start * scheduler.order)
-        if len(timesteps) == 0:
-            return latent.samples.clone()
-
-    init = latent.samples.to(device=device, dtype=dtype)
-    noise = randn_tensor(tuple(init.shape), generator=generator, device=torch.device(device), dtype=dtype)
-    if denoise >= 1.0:
-        latents = noise * scheduler.init_noise_sigma
-    else:
-        latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(batch))
-
-    pos, pos_pooled = _batch(positive, batch, device, dtype)
-    neg, neg_pooled = _batch(negative, batch, device, dtype)
-    embeds = torch.cat([neg, pos]) if do_cfg else pos
-    added = None
-    if model.arch == SDXL:
-        height, width = latent.samples.shape[2] * 8, latent.samples.shape[3] * 8
-        pos_ids = _time_ids(positive, height, width).to(device=device, dtype=dtype).repeat(batch, 1)
-        neg_ids = _time_ids(negative, height, width).to(device=device, dtype=dtype).repeat(batch, 1)
-        if pos_pooled is None or neg_pooled is None:
-            raise ValueError("SDXL needs pooled text embeddings: encode the prompts with an SDXL CLIP")
-        added = {"text_embeds": torch.cat([neg_pooled, pos_pooled]) if do_cfg else pos_pooled,
-                 "time_ids": torch.cat([neg_ids, pos_ids]) if do_cfg else pos_ids}
-
-    concat = None
-    if latent.concat is not None:  # 9-channel inpainting: [mask, masked image latents]
-        concat = latent.concat.to(device=device, dtype=dtype)
-        concat = torch.cat([concat] * 2) if do_cfg else concat
-    blend_mask = None
-    if latent.noise_mask is not None and latent.concat is None:  # 4-channel inpainting (diffusers' blend)
-        blend_mask = latent.noise_mask.to(device=device, dtype=dtype)
-
-    state = SamplingState(total_steps=len(timesteps), latent_hw=tuple(latent.samples.shape[2:]), do_cfg=do_cfg,
-                          batch_size=batch)
-    extra_step = step_kwargs(scheduler, generator)
-    controls = ControlSet(positive, negative, state, device, dtype)
-    with ExitStack() as stack:
-        install_patches(stack, model.unet, model.patches, state)
-        for i, t in enumerate(timesteps):
-            state.step = i
-            model_input = torch.cat([latents] * 2) if do_cfg else latents
-            model_input = scheduler.scale_model_input(model_input, t)
-            if concat is not None:
-                model_input = torch.cat([model_input, concat], dim=1)
-            down, mid = controls.residuals(model_input, t, embeds, added)
-            noise_pred = unet(model_input, t, encoder_hidden_states=embeds, added_cond_kwargs=added,
-                              down_block_additional_residuals=down, mid_block_additional_residual=mid,
-                              return_dict=False)[0]
-            if do_cfg:
-                uncond, cond = noise_pred.chunk(2)
-                noise_pred = uncond + cfg * (cond - uncond)
-            out = scheduler.step(noise_pred, t, latents, **extra_step, return_dict=True)
-            latents = out.prev_sample
-            if blend_mask is not None:
-                proper = init
-                if i < len(timesteps) - 1:
-                    proper = scheduler.add_noise(init, noise, timesteps[i + 1: i + 2])
-                latents = (1 - blend_mask) * proper + blend_mask * latents
-            if on_step is not None:
-                on_step(i + 1, len(timesteps), getattr(out, "pred_original_sample", None)
-                        if getattr(out, "pred_original_sample", None) is not None else latents)
-    return latents.float().cpu()
-
-
-class ControlSet:
-    """The ControlNets attached to the conditionings; yields the UNet residuals for each step."""
-
-    def __init__(self, positive: Conditioning, negative: Conditioning, state: SamplingState, device, dtype):
-        self.positive, self.negative, self.state = positive, negative, state
-        self.device, self.dtype = device, dtype
-        self.active = bool(positive.controls or negative.controls)
-
-    def residuals(self, model_input, t, embeds, added):
-        if not self.active:
-            return None, None
-        from ..controlnet.model import control_residuals
-
-        return control_residuals(self.positive, self.negative, self.state, model_input, t, embeds, added,
-                                 self.device, self.dtype)

@@ -60,8 +60,8 @@ class LoadImageIn(NodeInputs):
 
 
 class LoadImageOut(NodeOutputs):
-    image: Any = Output("IMAGE")
-    mask: Any = Output("MASK", description="1 - alpha (transparent = 1); zeros if the image has no alpha")
+    IMAGE: Any = Output("IMAGE")
+    MASK: Any = Output("MASK", description="1 - alpha (transparent = 1); zeros if the image has no alpha")
 
 
 def _image_check(literals: dict, runtime: Runtime | None):
@@ -73,7 +73,8 @@ def _image_check(literals: dict, runtime: Runtime | None):
         yield "image", str(exc)
 
 
-@node("LoadImage", category="image", check=_image_check, fingerprint=image_file_fingerprint("image"))
+@node("LoadImage", category="image", check=_image_check, fingerprint=image_file_fingerprint("image"),
+      display_name="Load Image", renamed_outputs={"image": "IMAGE", "mask": "MASK"})
 def load_image(inp: LoadImageIn, ctx: NodeContext) -> LoadImageOut:
     """Load an image (and a mask from its alpha channel)."""
     runtime = runtime_of(ctx)
@@ -84,16 +85,16 @@ def load_image(inp: LoadImageIn, ctx: NodeContext) -> LoadImageOut:
         mask = 1.0 - torch.from_numpy(alpha.copy())[None]
     else:
         mask = torch.zeros(rgb.shape[:3])
-    return LoadImageOut(image=rgb, mask=mask)
+    return LoadImageOut(IMAGE=rgb, MASK=mask)
 
 
 class SaveImageIn(NodeInputs):
     images: Any = Socket("IMAGE")
-    filename_prefix: str = Field("ipgraph", min_length=1, max_length=100, description="file name prefix")
+    filename_prefix: str = Field("ComfyUI", min_length=1, max_length=100, description="file name prefix")
 
 
 class SaveImageOut(NodeOutputs):
-    images: Any = Output("IMAGE", description="the images, passed through")
+    """No outputs, as ComfyUI's SaveImage / PreviewImage (what they show travels in the node's ui result)."""
 
 
 def _png_info(ctx: NodeContext) -> PngImagePlugin.PngInfo:
@@ -127,24 +128,24 @@ def save_images(images: torch.Tensor, folder: Path, prefix: str, ctx: NodeContex
     return {"images": saved}
 
 
-@node("SaveImage", category="image", output_node=True)
+@node("SaveImage", category="image", output_node=True, display_name="Save Image")
 def save_image(inp: SaveImageIn, ctx: NodeContext) -> SaveImageOut:
     """Save PNGs to the output folder, with the graph embedded so `ipgraph run image.png` re-runs it."""
     runtime = runtime_of(ctx)
     ctx.set_ui(save_images(inp.images, runtime.output_dir, inp.filename_prefix, ctx, "output"))
-    return SaveImageOut(images=inp.images)
+    return SaveImageOut()
 
 
 class PreviewImageIn(NodeInputs):
     images: Any = Socket("IMAGE")
 
 
-@node("PreviewImage", category="image", output_node=True)
+@node("PreviewImage", category="image", output_node=True, display_name="Preview Image")
 def preview_image(inp: PreviewImageIn, ctx: NodeContext) -> SaveImageOut:
     """Show images without keeping them (written to the temporary folder)."""
     runtime = runtime_of(ctx)
     ctx.set_ui(save_images(inp.images, runtime.temp_dir, "preview", ctx, "temp"))
-    return SaveImageOut(images=inp.images)
+    return SaveImageOut()
 
 
 def graph_from_png(path: Path) -> dict | None:

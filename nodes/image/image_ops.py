@@ -1,4 +1,4 @@
-"""Image operations for hints and inputs: CannyEdge, ImageScale, ImageCrop.
+"""Image operations for hints and inputs: CannyEdge (ipgraph), and ComfyUI's ImageScale, ImageCrop and Canny.
 
 Canny is implemented here in torch (Gaussian blur, Sobel, non-maximum suppression, hysteresis) so that edge
 hints need no OpenCV or kornia install. IMAGE is ``[B,H,W,C]`` float 0..1 throughout; every node returns a
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -19,7 +20,7 @@ MAX_SIDE = 16384
 
 
 class ImageOut(NodeOutputs):
-    image: Any = Output("IMAGE")
+    IMAGE: Any = Output("IMAGE")
 
 
 def _check_image(image: Any, name: str = "image") -> torch.Tensor:
@@ -94,58 +95,92 @@ def _canny_check(literals: dict, runtime):
         yield "low_threshold", "low_threshold must not be above high_threshold"
 
 
-@node("CannyEdge", category="image/preprocessors", check=_canny_check, comfy_aliases={"Canny": {}})
-def canny_edge(inp: CannyIn, ctx: NodeContext) -> ImageOut:
+class CannyEdgeOut(NodeOutputs):
+    image: Any = Output("IMAGE")
+
+
+@node("CannyEdge", category="image/preprocessors", check=_canny_check)
+def canny_edge(inp: CannyIn, ctx: NodeContext) -> CannyEdgeOut:
     """Canny edge map (white edges on black), the usual hint for a canny ControlNet."""
-    return ImageOut(image=canny(_check_image(inp.image), inp.low_threshold, inp.high_threshold))
+    return CannyEdgeOut(image=canny(_check_image(inp.image), inp.low_threshold, inp.high_threshold))
+
+
+@node("Canny", category="image/preprocessors", check=_canny_check)
+def canny_comfy(inp: CannyIn, ctx: NodeContext) -> ImageOut:
+    """ComfyUI's Canny (comfy_extras/nodes_canny.py): the same edge map as CannyEdge, output named IMAGE."""
+    return ImageOut(IMAGE=canny(_check_image(inp.image), inp.low_threshold, inp.high_threshold))
 
 
 # ---------------------------------------------------------------------------------------- scale and crop
-ScaleMethod = Literal["nearest-exact", "bilinear", "area", "bicubic"]
+ScaleMethod = Literal["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 
 
 def center_crop_to_aspect(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Crop ``[B,C,H,W]`` around its centre to the aspect ratio width:height (ComfyUI's "center" crop)."""
-    h, w = x.shape[-2:]
-    if w * height > h * width:  # too wide
-        new_w = max(1, round(h * width / height))
-        left = (w - new_w) // 2
-        return x[..., :, left:left + new_w]
-    new_h = max(1, round(w * height / width))
-    top = (h - new_h) // 2
-    return x[..., top:top + new_h, :]
+    """Crop ``[..., H, W]`` around its centre to the aspect ratio width:height (ComfyUI's "center" crop:
+    ``round`` of half the excess on each side, as comfy.utils.common_upscale)."""
+    old_h, old_w = x.shape[-2:]
+    old_aspect, new_aspect = old_w / old_h, width / height
+    left = top = 0
+    if old_aspect > new_aspect:
+        left = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
+    elif old_aspect < new_aspect:
+        top = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
+    return x[..., top:old_h - top, left:old_w - left]
 
 
-def scale_image(image: torch.Tensor, width: int, height: int, method: str = "bilinear",
-                crop: str = "disabled") -> torch.Tensor:
-    """Resize IMAGE ``[B,H,W,C]`` to width x height (0 keeps the aspect ratio from the other side)."""
-    h, w = image.shape[1:3]
-    if width == 0 and height == 0:
-        return image.clone()
-    width = width or max(1, round(w * height / h))
-    height = height or max(1, round(h * width / w))
-    x = image.permute(0, 3, 1, 2).float()
+def _lanczos(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """PIL's Lanczos on 8-bit images, as ComfyUI's comfy.utils.lanczos (so the result is quantised to 1/255)."""
+    from PIL import Image
+
+    out = []
+    for frame in x:
+        array = (frame.movedim(0, -1).float().cpu().numpy() * 255.0).clip(0, 255).astype(np.uint8)
+        image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+        resized = np.asarray(image.resize((width, height), resample=Image.Resampling.LANCZOS), dtype=np.float32)
+        resized = resized[..., None] if resized.ndim == 2 else resized
+        out.append(torch.from_numpy(resized / 255.0).movedim(-1, 0))
+    return torch.stack(out).to(device=x.device, dtype=x.dtype)
+
+
+def common_upscale(x: torch.Tensor, width: int, height: int, method: str, crop: str = "disabled") -> torch.Tensor:
+    """ComfyUI's comfy.utils.common_upscale on ``[B,C,H,W]``: optional centre crop to the target aspect, then
+    ``F.interpolate(mode=method)`` (no antialiasing, align_corners default) or PIL Lanczos. Images and latents."""
     if crop == "center":
         x = center_crop_to_aspect(x, width, height)
-    if tuple(x.shape[-2:]) != (height, width):
-        kwargs = {"align_corners": False, "antialias": True} if method in ("bilinear", "bicubic") else {}
-        x = F.interpolate(x, size=(height, width), mode=method, **kwargs)
-    return x.clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+    if method == "lanczos":
+        return _lanczos(x, width, height)
+    return F.interpolate(x, size=(height, width), mode=method)
+
+
+def scale_image(image: torch.Tensor, width: int, height: int, method: str = "nearest-exact",
+                crop: str = "disabled") -> torch.Tensor:
+    """Resize IMAGE ``[B,H,W,C]`` to width x height (0 keeps the aspect ratio from the other side), ComfyUI's
+    ImageScale: both 0 returns the image unchanged."""
+    h, w = image.shape[1:3]
+    if width == 0 and height == 0:
+        return image
+    width = width or max(1, round(w * height / h))
+    height = height or max(1, round(h * width / w))
+    x = common_upscale(image.movedim(-1, 1).float(), width, height, method, crop)
+    return x.movedim(1, -1).contiguous()
 
 
 class ImageScaleIn(NodeInputs):
     image: Any = Socket("IMAGE")
-    upscale_method: ScaleMethod = "bilinear"
+    upscale_method: ScaleMethod = "nearest-exact"
     width: int = Field(512, ge=0, le=MAX_SIDE, description="target width (0 = keep the aspect ratio)")
     height: int = Field(512, ge=0, le=MAX_SIDE, description="target height (0 = keep the aspect ratio)")
     crop: Literal["disabled", "center"] = Field("disabled", description="center: crop to the target aspect first")
 
 
-@node("ImageScale", category="image")
+OLD_IMAGE = {"image": "IMAGE"}  # ipgraph/1 documents named the output in lower case
+
+
+@node("ImageScale", category="image/upscaling", display_name="Upscale Image", renamed_outputs=OLD_IMAGE)
 def image_scale(inp: ImageScaleIn, ctx: NodeContext) -> ImageOut:
     """Resize images (optionally centre-cropping to the target aspect ratio first, so nothing is stretched)."""
     image = _check_image(inp.image)
-    return ImageOut(image=scale_image(image, inp.width, inp.height, inp.upscale_method, inp.crop))
+    return ImageOut(IMAGE=scale_image(image, inp.width, inp.height, inp.upscale_method, inp.crop))
 
 
 class ImageCropIn(NodeInputs):
@@ -156,11 +191,11 @@ class ImageCropIn(NodeInputs):
     y: int = Field(0, ge=0, le=MAX_SIDE, description="top edge")
 
 
-@node("ImageCrop", category="image")
+@node("ImageCrop", category="image/transform", display_name="Crop Image", renamed_outputs=OLD_IMAGE)
 def image_crop(inp: ImageCropIn, ctx: NodeContext) -> ImageOut:
-    """Cut a width x height window at (x, y); a window reaching past the border is clipped to the image."""
+    """Cut a width x height window at (x, y), as ComfyUI: an origin past the border moves to the last pixel,
+    a window reaching past the border is clipped to the image."""
     image = _check_image(inp.image)
     h, w = image.shape[1:3]
-    if inp.x >= w or inp.y >= h:
-        raise ValueError(f"x/y: the crop origin ({inp.x}, {inp.y}) is outside the {w}x{h} image")
-    return ImageOut(image=image[:, inp.y:min(h, inp.y + inp.height), inp.x:min(w, inp.x + inp.width)].clone())
+    x, y = min(inp.x, w - 1), min(inp.y, h - 1)
+    return ImageOut(IMAGE=image[:, y:y + inp.height, x:x + inp.width].clone())

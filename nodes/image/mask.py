@@ -1,4 +1,5 @@
-"""Masks: MaskProcess (the one-stop node) and ComfyUI's mask nodes under their ComfyUI class names.
+"""Masks: MaskProcess and MaskResize (ipgraph's) and ComfyUI's mask nodes under their ComfyUI class names,
+input names and output names (MASK / IMAGE).
 
 MASK is ``[B,H,W]`` float 0..1 (ComfyUI's convention; 1 = "the region": where an IP-Adapter reference acts,
 where inpainting repaints). IMAGE is ``[B,H,W,C]`` float 0..1. Every node returns a new tensor; inputs are never
@@ -295,7 +296,16 @@ class MaskOut(NodeOutputs):
 
 
 class ImageOut(NodeOutputs):
-    image: Any = Output("IMAGE")
+    IMAGE: Any = Output("IMAGE")
+
+
+class ComfyMaskOut(NodeOutputs):
+    """ComfyUI's mask nodes name their output MASK (ipgraph/1 documents said ``mask``: OLD_MASK renames it)."""
+
+    MASK: Any = Output("MASK")
+
+
+OLD_MASK = {"mask": "MASK"}
 
 
 def _mask_in(description: str = "the mask (1 = the region)") -> Any:
@@ -380,8 +390,9 @@ def load_image_mask(path, channel: str, max_pixels: int) -> torch.Tensor:
     return 1.0 - values if channel == "alpha" else values
 
 
-@node("LoadImageMask", category=CATEGORY, check=_load_mask_check, fingerprint=image_file_fingerprint("image"))
-def load_image_mask_node(inp: LoadImageMaskIn, ctx: NodeContext) -> MaskOut:
+@node("LoadImageMask", category=CATEGORY, check=_load_mask_check, fingerprint=image_file_fingerprint("image"),
+      display_name="Load Image (as Mask)", renamed_outputs=OLD_MASK)
+def load_image_mask_node(inp: LoadImageMaskIn, ctx: NodeContext) -> ComfyMaskOut:
     """Load one channel of an image file as a MASK [1,H,W].
 
     alpha → 1 - alpha (transparent pixels = 1, ComfyUI's rule; an image without alpha gives all 0);
@@ -390,7 +401,7 @@ def load_image_mask_node(inp: LoadImageMaskIn, ctx: NodeContext) -> MaskOut:
     runtime = ctx.resources
     if runtime is None or not hasattr(runtime, "image_path"):
         raise RuntimeError("LoadImageMask needs a ipgraph.nodes.core.runtime.Runtime as the engine's resources")
-    return MaskOut(mask=load_image_mask(runtime.image_path(inp.image), inp.channel, runtime.max_pixels))
+    return ComfyMaskOut(MASK=load_image_mask(runtime.image_path(inp.image), inp.channel, runtime.max_pixels))
 
 
 class SolidMaskIn(NodeInputs):
@@ -399,13 +410,13 @@ class SolidMaskIn(NodeInputs):
     height: int = Field(512, ge=1, le=MAX_SIDE, description="height in pixels")
 
 
-@node("SolidMask", category=CATEGORY, check=_size_check())
-def solid_mask(inp: SolidMaskIn, ctx: NodeContext) -> MaskOut:
+@node("SolidMask", category=CATEGORY, check=_size_check(), renamed_outputs=OLD_MASK)
+def solid_mask(inp: SolidMaskIn, ctx: NodeContext) -> ComfyMaskOut:
     """A MASK [1,height,width] with every pixel set to `value`."""
     limit = _max_pixels(ctx)
     if inp.width * inp.height > limit:
         raise ValueError(f"width: {inp.width}x{inp.height} is above the pixel limit of {limit}")
-    return MaskOut(mask=torch.full((1, inp.height, inp.width), float(inp.value), dtype=torch.float32))
+    return ComfyMaskOut(MASK=torch.full((1, inp.height, inp.width), float(inp.value), dtype=torch.float32))
 
 
 class MaskCompositeIn(NodeInputs):
@@ -417,8 +428,8 @@ class MaskCompositeIn(NodeInputs):
         "multiply", description="how the source combines with the destination under it")
 
 
-@node("MaskComposite", category=CATEGORY)
-def mask_composite(inp: MaskCompositeIn, ctx: NodeContext) -> MaskOut:
+@node("MaskComposite", category=CATEGORY, renamed_outputs=OLD_MASK)
+def mask_composite(inp: MaskCompositeIn, ctx: NodeContext) -> ComfyMaskOut:
     """Combine `source`, placed with its top-left corner at (x, y), into `destination`.
 
     The source is clipped to the destination; pixels it does not cover are unchanged; the result is clamped to
@@ -428,17 +439,17 @@ def mask_composite(inp: MaskCompositeIn, ctx: NodeContext) -> MaskOut:
     limit = _max_pixels(ctx)
     destination = as_mask(inp.destination, "destination", limit)
     source = as_mask(inp.source, "source", limit)
-    return MaskOut(mask=composite(destination, source, inp.x, inp.y, inp.operation))
+    return ComfyMaskOut(MASK=composite(destination, source, inp.x, inp.y, inp.operation))
 
 
 class InvertMaskIn(NodeInputs):
     mask: Any = _mask_in()
 
 
-@node("InvertMask", category=CATEGORY)
-def invert_mask(inp: InvertMaskIn, ctx: NodeContext) -> MaskOut:
+@node("InvertMask", category=CATEGORY, renamed_outputs=OLD_MASK)
+def invert_mask(inp: InvertMaskIn, ctx: NodeContext) -> ComfyMaskOut:
     """1 - mask."""
-    return MaskOut(mask=invert(as_mask(inp.mask, "mask", _max_pixels(ctx))))
+    return ComfyMaskOut(MASK=invert(as_mask(inp.mask, "mask", _max_pixels(ctx))))
 
 
 class GrowMaskIn(NodeInputs):
@@ -447,15 +458,15 @@ class GrowMaskIn(NodeInputs):
     tapered_corners: bool = Field(True, description="plus-shaped steps (diamond corners) instead of a square")
 
 
-@node("GrowMask", category=CATEGORY)
-def grow_mask(inp: GrowMaskIn, ctx: NodeContext) -> MaskOut:
+@node("GrowMask", category=CATEGORY, renamed_outputs=OLD_MASK)
+def grow_mask(inp: GrowMaskIn, ctx: NodeContext) -> ComfyMaskOut:
     """Grow the region by `expand` pixels (morphological max), or shrink it when negative (min).
 
     With tapered_corners each pixel step uses the 4-neighbour plus (a single pixel grown by 1 is a plus), without
     it a 3x3 square (a single pixel grown by 1 is a 3x3 block).
     """
     mask = as_mask(inp.mask, "mask", _max_pixels(ctx))
-    return MaskOut(mask=grow(mask, inp.expand, inp.tapered_corners, ctx))
+    return ComfyMaskOut(MASK=grow(mask, inp.expand, inp.tapered_corners, ctx))
 
 
 class FeatherMaskIn(NodeInputs):
@@ -466,11 +477,11 @@ class FeatherMaskIn(NodeInputs):
     bottom: int = Field(0, ge=0, le=MAX_SIDE, description="ramp height from the bottom, pixels")
 
 
-@node("FeatherMask", category=CATEGORY)
-def feather_mask(inp: FeatherMaskIn, ctx: NodeContext) -> MaskOut:
+@node("FeatherMask", category=CATEGORY, renamed_outputs=OLD_MASK)
+def feather_mask(inp: FeatherMaskIn, ctx: NodeContext) -> ComfyMaskOut:
     """Fade the mask towards the image sides: the i-th pixel from a side (0-based) is multiplied by (i+1)/n."""
     mask = as_mask(inp.mask, "mask", _max_pixels(ctx))
-    return MaskOut(mask=feather_edges(mask, inp.left, inp.top, inp.right, inp.bottom))
+    return ComfyMaskOut(MASK=feather_edges(mask, inp.left, inp.top, inp.right, inp.bottom))
 
 
 class ThresholdMaskIn(NodeInputs):
@@ -478,10 +489,10 @@ class ThresholdMaskIn(NodeInputs):
     value: float = Field(0.5, ge=0.0, le=1.0, description="values above it become 1, the others 0")
 
 
-@node("ThresholdMask", category=CATEGORY)
-def threshold_mask(inp: ThresholdMaskIn, ctx: NodeContext) -> MaskOut:
+@node("ThresholdMask", category=CATEGORY, renamed_outputs=OLD_MASK)
+def threshold_mask(inp: ThresholdMaskIn, ctx: NodeContext) -> ComfyMaskOut:
     """1 where the mask is above `value`, 0 elsewhere."""
-    return MaskOut(mask=threshold(as_mask(inp.mask, "mask", _max_pixels(ctx)), inp.value))
+    return ComfyMaskOut(MASK=threshold(as_mask(inp.mask, "mask", _max_pixels(ctx)), inp.value))
 
 
 class MaskResizeIn(NodeInputs):
@@ -503,11 +514,12 @@ class MaskToImageIn(NodeInputs):
     mask: Any = _mask_in()
 
 
-@node("MaskToImage", category=CATEGORY)
+@node("MaskToImage", category=CATEGORY, display_name="Convert Mask to Image",
+      renamed_outputs={"image": "IMAGE"})
 def mask_to_image(inp: MaskToImageIn, ctx: NodeContext) -> ImageOut:
     """A grey IMAGE [B,H,W,3] showing the mask (every channel = the mask)."""
     mask = as_mask(inp.mask, "mask", _max_pixels(ctx))
-    return ImageOut(image=mask[..., None].repeat(1, 1, 1, 3))
+    return ImageOut(IMAGE=mask[..., None].repeat(1, 1, 1, 3))
 
 
 class ImageToMaskIn(NodeInputs):
@@ -515,8 +527,8 @@ class ImageToMaskIn(NodeInputs):
     channel: Literal["red", "green", "blue", "alpha"] = Field("red", description="the channel that becomes the mask")
 
 
-@node("ImageToMask", category=CATEGORY)
-def image_to_mask(inp: ImageToMaskIn, ctx: NodeContext) -> MaskOut:
+@node("ImageToMask", category=CATEGORY, display_name="Convert Image to Mask", renamed_outputs=OLD_MASK)
+def image_to_mask(inp: ImageToMaskIn, ctx: NodeContext) -> ComfyMaskOut:
     """One channel of an IMAGE as a MASK, values as they are (clamped to 0..1).
 
     alpha of an image without an alpha channel is 1 (opaque); a one-channel image gives its only channel for
@@ -529,4 +541,4 @@ def image_to_mask(inp: ImageToMaskIn, ctx: NodeContext) -> MaskOut:
         out = torch.ones(image.shape[:3], dtype=torch.float32, device=image.device)
     else:
         out = image[..., index if channels > index else 0].clamp(0.0, 1.0)  # clamp returns a new tensor
-    return MaskOut(mask=out)
+    return ComfyMaskOut(MASK=out)

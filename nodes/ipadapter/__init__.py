@@ -5,7 +5,9 @@ Pure library code (torch, diffusers, transformers); it imports nothing from ``en
 
 Module map: files (read/inspect/pair-check adapter files), projection (image_proj modules), patch + attention
 (IPAdapterPatch and installing it during sampling), weights (weight types, InstantStyle), encoder (CLIP vision
-loading, preprocessing, negatives, combining), tiny (small random-weight files in the real layouts).
+loading, preprocessing, negatives, combining). ComfyUI_IPAdapter_plus's node set: plus_nodes (the nodes),
+plus_apply (the one apply implementation), presets (unified loader by file headers), imageprep (prep, noise,
+tiles, sharpening), schedule (per-frame weights).
 """
 
 from .encoder import (

@@ -71,20 +71,47 @@ class LayerTerm:
     end_at: float
     mask: torch.Tensor | None  # [b or 1, H, W] float
     mask_interpolation: str
+    row_weights: torch.Tensor | None = None  # [F] one weight per latent (K/V then unscaled); see row_scale
+    scaling: str = "V only"  # embeds scaling, used with row_weights
     _kv_cache: dict = field(default_factory=dict)
     _mask_cache: dict = field(default_factory=dict)
 
-    def kv(self, n: int, do_cfg: bool, heads: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """K, V laid out like the UNet batch (``[uncond × n/2, cond × n/2]`` with CFG, else cond × n) and
-        split into heads, ``[n, heads, N, C/heads]``; built once per run and reused at every step."""
-        key = (n, do_cfg, heads, dtype)
+    def _rows(self, n: int, do_cfg: bool) -> torch.Tensor:
+        """Per-latent weights laid out like the UNet batch, ``[n, 1, 1]``."""
+        if do_cfg:
+            w = _fit(self.row_weights, n // 2)
+            w = torch.cat([w, w], 0)
+        else:
+            w = _fit(self.row_weights, n)
+        return w[:, None, None]
+
+    def row_scale(self, n: int, do_cfg: bool, dtype: torch.dtype) -> torch.Tensor | None:
+        """``[n, 1, 1]`` output scale per latent ("V only" with per-latent weights), else None."""
+        if self.row_weights is None or self.scaling != "V only":
+            return None
+        return self._rows(n, do_cfg).to(dtype)
+
+    def kv(self, n: int, do_cfg: bool, heads: int, dtype: torch.dtype,
+           uncond_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """K, V laid out like the UNet batch (``[uncond × n/2, cond × n/2]`` with CFG, else cond × n, or
+        uncond × n when the sampler evaluates a negative conditioning entry on its own) and split into heads,
+        ``[n, heads, N, C/heads]``; built once per run and reused at every step."""
+        key = (n, do_cfg, heads, dtype, uncond_only)
         if key not in self._kv_cache:
             if do_cfg:
                 half = n // 2
                 k = torch.cat([_fit(self.k_uncond, half), _fit(self.k_cond, half)], 0)
                 v = torch.cat([_fit(self.v_uncond, half), _fit(self.v_cond, half)], 0)
+            elif uncond_only:
+                k, v = _fit(self.k_uncond, n), _fit(self.v_uncond, n)
             else:
                 k, v = _fit(self.k_cond, n), _fit(self.v_cond, n)
+            if self.row_weights is not None and self.scaling != "V only":
+                w = self._rows(n, do_cfg).to(k.dtype)
+                if "C penalty" in self.scaling:
+                    w = w * k.shape[-1] / 1280
+                k = k * w
+                v = v - v.mean(1, keepdim=True) * (1 - w) if self.scaling.startswith("K+mean(V)") else v * w
             head_dim = k.shape[-1] // heads
             self._kv_cache[key] = tuple(t.contiguous().to(dtype).view(n, -1, heads, head_dim).transpose(1, 2)
                                         for t in (k, v))
@@ -174,11 +201,14 @@ class DecoupledAttnProcessor:
         # --- image terms: one SDPA per adapter, same heads, no attention mask ---
         tokens = hidden_states.shape[1]
         for term in acting:
-            ip_k, ip_v = term.kv(batch_size, state.do_cfg, attn.heads, query.dtype)
+            ip_k, ip_v = term.kv(batch_size, state.do_cfg, attn.heads, query.dtype, state.uncond_only)
             ip = F.scaled_dot_product_attention(
                 query, ip_k, ip_v, attn_mask=None, dropout_p=0.0, is_causal=False
             )
             ip = ip.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
+            rows = term.row_scale(batch_size, state.do_cfg, query.dtype)
+            if rows is not None:
+                ip = ip * rows
             mask = term.mask_for(batch_size, state.do_cfg, tokens, state.latent_hw)
             if mask is not None:
                 ip = ip * mask.to(query.dtype)

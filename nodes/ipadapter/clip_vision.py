@@ -64,12 +64,12 @@ class ClipVisionOutput:
 
 
 class CLIPVisionLoaderIn(NodeInputs):
-    name: str = ModelName("clip_vision", "CLIP vision encoder: a .safetensors file (transformers layout, e.g. "
+    clip_name: str = ModelName("clip_vision", "CLIP vision encoder: a .safetensors file (transformers layout, e.g. "
                                          "CLIP-ViT-H-14-laion2B-s32B-b79K) or a diffusers image_encoder folder")
 
 
 class CLIPVisionLoaderOut(NodeOutputs):
-    clip_vision: Any = Output("CLIP_VISION")
+    CLIP_VISION: Any = Output("CLIP_VISION")
 
 
 def _inspect_clip_vision(path: Path):
@@ -77,20 +77,21 @@ def _inspect_clip_vision(path: Path):
         yield f"{path.name}: CLIP vision encoders are read from .safetensors files or diffusers folders"
 
 
-@node("CLIPVisionLoader", category="loaders", check=model_file_check("clip_vision", _inspect_clip_vision),
-      fingerprint=model_file_fingerprint("clip_vision"),
-      comfy_aliases={"CLIPVisionLoader": {"clip_name": "name"}})
+@node("CLIPVisionLoader", category="loaders", display_name="Load CLIP Vision",
+      check=model_file_check("clip_vision", _inspect_clip_vision, field="clip_name"),
+      fingerprint=model_file_fingerprint("clip_vision", field="clip_name"),
+      renamed_inputs={"name": "clip_name"}, renamed_outputs={"clip_vision": "CLIP_VISION"})
 def clip_vision_loader(inp: CLIPVisionLoaderIn, ctx: NodeContext) -> CLIPVisionLoaderOut:
     """Load a CLIP vision encoder (ViT-H, ViT-bigG, ...) for IP-Adapter."""
     runtime = runtime_of(ctx)
-    path = runtime.model_path("clip_vision", inp.name)
+    path = runtime.model_path("clip_vision", inp.clip_name)
 
     def load():
         model = load_clip_vision(path)
         return model.to(dtype=runtime.dtype) if runtime.dtype != torch.float32 else model
 
     model = runtime.models.load(("clip_vision", str(path)), load)
-    return CLIPVisionLoaderOut(clip_vision=ClipVision(model, describe_encoder(model), str(path)))
+    return CLIPVisionLoaderOut(CLIP_VISION=ClipVision(model, describe_encoder(model), str(path)))
 
 
 class CLIPVisionEncodeIn(NodeInputs):
@@ -102,14 +103,15 @@ class CLIPVisionEncodeIn(NodeInputs):
 
 
 class CLIPVisionEncodeOut(NodeOutputs):
-    clip_vision_output: Any = Output("CLIP_VISION_OUTPUT")
+    CLIP_VISION_OUTPUT: Any = Output("CLIP_VISION_OUTPUT")
 
 
-@node("CLIPVisionEncode", category="conditioning")
+@node("CLIPVisionEncode", category="conditioning", display_name="CLIP Vision Encode",
+      renamed_outputs={"clip_vision_output": "CLIP_VISION_OUTPUT"})
 def clip_vision_encode(inp: CLIPVisionEncodeIn, ctx: NodeContext) -> CLIPVisionEncodeOut:
     """Encode reference images once; any number of IP-Adapter nodes can reuse the result."""
     cv: ClipVision = inp.clip_vision
     with runtime_of(ctx).models.on_device(cv.model):
         embeds, hidden = cv.encode_images(inp.image, inp.crop)
-    return CLIPVisionEncodeOut(clip_vision_output=ClipVisionOutput(
+    return CLIPVisionEncodeOut(CLIP_VISION_OUTPUT=ClipVisionOutput(
         embeds, hidden, cv.info.hidden_size, cv.info.projection_dim, cv.source, inp.crop, cv))

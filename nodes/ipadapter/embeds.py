@@ -112,8 +112,13 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
-def load_embeds(path: Path, adapter_index: int = 0, has_negative: bool = True) -> ImageEmbeds:
-    """Read an ipgraph embeds file or a diffusers ``prepare_ip_adapter_image_embeds`` torch.save file."""
+def load_embeds(path: Path, adapter_index: int = 0, has_negative: bool = True,
+                pack_format: bool = False) -> ImageEmbeds:
+    """Read an ipgraph embeds file or a diffusers ``prepare_ip_adapter_image_embeds`` torch.save file.
+
+    ``pack_format``: a bare tensor is ComfyUI_IPAdapter_plus's IPAdapterSaveEmbeds file (``torch.save`` of the
+    raw positive embeds: ``[n, E]`` image_embeds or ``[n, T, W]`` hidden states, no negative).
+    """
     if not path.is_file():
         raise EmbedsFileError(f"embeds file {path} does not exist")
     if _is_safetensors(path):
@@ -143,6 +148,8 @@ def load_embeds(path: Path, adapter_index: int = 0, has_negative: bool = True) -
     if not isinstance(data, torch.Tensor):
         raise EmbedsFileError(f"{path.name} holds a {type(data).__name__}, not a tensor or a list of tensors")
     data = data.float()
+    if pack_format and data.ndim in (2, 3):
+        return ImageEmbeds(data, None, "image_embeds" if data.ndim == 2 else "hidden_states")
     if data.ndim == 2:  # [n, E]: raw positive image_embeds, no batch axis
         return ImageEmbeds(data, None, "image_embeds")
     if data.ndim not in (3, 4):
@@ -192,33 +199,8 @@ def default_negative(adapter: IPAdapterWeights, cv: ClipVision | None, cond: tor
     return unconditional_embeds(cv.model, adapter.info, cond).float().cpu()
 
 
-class IPAdapterEncoderIn(NodeInputs):
-    ipadapter: Any = Socket("IPADAPTER", description="decides which encoder output is kept and checks pairing")
-    clip_vision: Any = Socket("CLIP_VISION")
-    image: Any = Socket("IMAGE", description="reference image(s)")
-    image_negative: Any = Socket("IMAGE", optional=True, description="replaces the default negative")
-    weight: float = Field(1.0, ge=-1.0, le=3.0, description="multiplies the positive embeds")
-
-
 class EmbedsOut(NodeOutputs):
     embeds: Any = Output("EMBEDS")
-
-
-@node("IPAdapterEncoder", category="ipadapter")
-def ipadapter_encoder(inp: IPAdapterEncoderIn, ctx: NodeContext) -> EmbedsOut:
-    """Encode reference images for one adapter, negatives included, so they can be saved and reused."""
-    adapter, cv = inp.ipadapter, inp.clip_vision
-    with runtime_of(ctx).models.on_device(cv.model):
-        cond = encode_for(adapter, cv, inp.image, "image")
-        if inp.image_negative is not None:
-            uncond = encode_for(adapter, cv, inp.image_negative, "image_negative")
-            uncond = _fit(uncond, cond.shape[0])
-        else:
-            uncond = default_negative(adapter, cv, cond)
-    if inp.weight != 1.0:
-        cond = cond * inp.weight
-    return EmbedsOut(embeds=ImageEmbeds(cond, uncond, adapter.info.encoder_input, Path(cv.source).name,
-                                        Path(adapter.info.path).name))
 
 
 def _fit(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -234,8 +216,7 @@ class SaveImageEmbedsIn(NodeInputs):
                                  description="file name prefix inside models/embeds")
 
 
-@node("SaveImageEmbeds", category="ipadapter", output_node=True,
-      comfy_aliases={"IPAdapterSaveEmbeds": {}})
+@node("SaveImageEmbeds", category="ipadapter", output_node=True)
 def save_image_embeds(inp: SaveImageEmbedsIn, ctx: NodeContext) -> EmbedsOut:
     """Save embeds (safetensors inside, ``.ipadpt`` name) into models/embeds, where LoadImageEmbeds finds them."""
     runtime = runtime_of(ctx)
@@ -273,8 +254,7 @@ def _embeds_fingerprint(literals: dict, runtime) -> str:
         return "missing"
 
 
-@node("LoadImageEmbeds", category="ipadapter", check=_embeds_check, fingerprint=_embeds_fingerprint,
-      comfy_aliases={"IPAdapterLoadEmbeds": {"embeds": "name"}})
+@node("LoadImageEmbeds", category="ipadapter", check=_embeds_check, fingerprint=_embeds_fingerprint)
 def load_image_embeds(inp: LoadImageEmbedsIn, ctx: NodeContext) -> EmbedsOut:
     """Load saved embeds; a graph using them needs no CLIP vision encoder."""
     return EmbedsOut(embeds=load_embeds(embeds_path(runtime_of(ctx), inp.name), inp.adapter_index,

@@ -30,18 +30,16 @@ from ..core.types import ModelHandle
 from ..core.widgets import ModelName, model_file_check, model_file_fingerprint, runtime_of
 from . import (
     IPAdapterFileError,
-    IPAdapterPatch,
     check_pairing,
-    combine_embeds,
     describe_unet,
     embeds_for,
     inspect_ipadapter,
     instantstyle_weights,
-    layer_weights,
     load_ipadapter,
 )
 from .clip_vision import ClipVision, ClipVisionOutput
-from .embeds import ImageEmbeds, _fit, default_negative, embeds_mismatch, encode_for, encoder_mismatch
+from .embeds import ImageEmbeds, default_negative, embeds_mismatch, encode_for, encoder_mismatch
+from .plus_apply import make_patch, unpack  # the one implementation shared with the pack's nodes
 
 WeightType = Literal["linear", "ease in", "ease out", "ease in-out", "reverse in-out", "weak input", "weak output",
                      "weak middle", "strong middle", "style transfer", "composition", "style and composition",
@@ -53,12 +51,12 @@ EmbedsScaling = Literal["V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C pen
 # -- loader ---------------------------------------------------------------------------------------------
 
 class IPAdapterModelLoaderIn(NodeInputs):
-    name: str = ModelName("ipadapter", "IP-Adapter file in models/ipadapter (.safetensors, or .bin read "
+    ipadapter_file: str = ModelName("ipadapter", "IP-Adapter file in models/ipadapter (.safetensors, or .bin read "
                                        "weights-only), e.g. ip-adapter_sd15.safetensors")
 
 
 class IPAdapterModelLoaderOut(NodeOutputs):
-    ipadapter: Any = Output("IPADAPTER")
+    IPADAPTER: Any = Output("IPADAPTER")
 
 
 def _inspect_adapter(path: Path):
@@ -68,14 +66,15 @@ def _inspect_adapter(path: Path):
         yield str(exc)
 
 
-@node("IPAdapterModelLoader", category="loaders", check=model_file_check("ipadapter", _inspect_adapter),
-      fingerprint=model_file_fingerprint("ipadapter"),
-      comfy_aliases={"IPAdapterModelLoader": {"ipadapter_file": "name"}})
+@node("IPAdapterModelLoader", category="ipadapter/loaders", display_name="IPAdapter Model Loader",
+      check=model_file_check("ipadapter", _inspect_adapter, field="ipadapter_file"),
+      fingerprint=model_file_fingerprint("ipadapter", field="ipadapter_file"),
+      renamed_inputs={"name": "ipadapter_file"}, renamed_outputs={"ipadapter": "IPADAPTER"})
 def ipadapter_model_loader(inp: IPAdapterModelLoaderIn, ctx: NodeContext) -> IPAdapterModelLoaderOut:
     """Load an h94-format IP-Adapter (base, light, plus, plus-face, full-face; SD1.5 or SDXL)."""
     runtime = runtime_of(ctx)
-    path = runtime.model_path("ipadapter", inp.name)
-    return IPAdapterModelLoaderOut(ipadapter=runtime.models.load(("ipadapter", str(path)),
+    path = runtime.model_path("ipadapter", inp.ipadapter_file)
+    return IPAdapterModelLoaderOut(IPADAPTER=runtime.models.load(("ipadapter", str(path)),
                                                                  lambda: load_ipadapter(path)))
 
 
@@ -181,13 +180,14 @@ def _reference(inp: IPAdapterApplyIn, adapter) -> tuple[torch.Tensor, torch.Tens
     return embeds.cond, embeds.uncond, cv
 
 
-@node("IPAdapterApply", category="ipadapter", check=_apply_check,
-      comfy_aliases={"IPAdapterAdvanced": {}})
+@node("IPAdapterApply", category="ipadapter", check=_apply_check)
 def ipadapter_apply(inp: IPAdapterApplyIn, ctx: NodeContext) -> ModelOut:
     """Condition the model on reference images: returns a new MODEL carrying the IP-Adapter patch."""
     runtime = runtime_of(ctx)
     model: ModelHandle = inp.model
-    adapter = inp.ipadapter
+    adapter, cv = unpack(inp.ipadapter, inp.clip_vision)
+    if cv is not None and inp.clip_vision is None:  # the unified loader's encoder
+        inp = inp.model_copy(update={"clip_vision": cv})
     unet_problems = check_pairing(adapter.info, unet=describe_unet(model.unet))
     if unet_problems:
         raise ValueError(f"input ipadapter: {Path(adapter.info.path).name} does not fit the model "
@@ -209,9 +209,6 @@ def ipadapter_apply(inp: IPAdapterApplyIn, ctx: NodeContext) -> ModelOut:
                     "(a plus adapter) makes its negative with the image encoder; connect clip_vision, "
                     "image_negative, or embeds saved with their negative")
 
-    cond = combine_embeds(cond.float(), inp.combine_embeds)
-    uncond = _fit(uncond.float(), cond.shape[0])  # one negative per reference image (or per combined one)
-
     layers = None
     if inp.weight_type == "per-block":
         try:
@@ -219,14 +216,11 @@ def ipadapter_apply(inp: IPAdapterApplyIn, ctx: NodeContext) -> ModelOut:
         except (ValueError, KeyError) as exc:  # diffusers' own errors for block names the UNet lacks
             raise ValueError(f"input block_weights: {exc}") from None
         layers = tuple(inp.weight * w for w in per_block)
-    elif inp.weight_type != "linear":
-        layers = layer_weights(inp.weight_type, inp.weight, model.arch)
 
     mask = _mask(inp.attn_mask) if inp.attn_mask is not None else None
-    # one projection call over [negatives; positives], the batch layout diffusers uses, so that float rounding
-    # matches the oracle as closely as possible
-    tokens = adapter.project(torch.cat([uncond, cond])).float().cpu()
-    patch = IPAdapterPatch(adapter, tokens[uncond.shape[0]:], tokens[:uncond.shape[0]],
-                           weight=inp.weight, layer_weights=layers, start_at=inp.start_at, end_at=inp.end_at,
-                           mask=mask, embeds_scaling=inp.embeds_scaling, mask_interpolation=inp.mask_interpolation)
+    weight_type = "linear" if inp.weight_type == "per-block" else inp.weight_type
+    patch = make_patch(model, adapter, cond, uncond, weight=inp.weight, weight_type=weight_type,
+                       combine=inp.combine_embeds, start_at=inp.start_at, end_at=inp.end_at,
+                       embeds_scaling=inp.embeds_scaling, mask=mask, layers=layers,
+                       mask_interpolation=inp.mask_interpolation)
     return ModelOut(model=model.with_patch(patch))

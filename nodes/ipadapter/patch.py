@@ -15,6 +15,17 @@ Embeds scaling (w = the layer's weight, C = the layer's width):
 * ``K+V``: ``Attn(Q, w·K, w·V)``.
 * ``K+V w/ C penalty``: w ← w·C/1280, then K+V.
 * ``K+mean(V) w/ C penalty``: w ← w·C/1280, ``K ← w·K``, ``V ← (V − mean_tok V) + w·mean_tok V``.
+
+Batch options (ComfyUI_IPAdapter_plus's "Batch" nodes and precise types; all default off):
+
+* ``unfold_batch``: the n reference images are NOT concatenated; image i conditions latent i (the last one
+  repeats when there are more latents, extra images are dropped).
+* ``frame_weights``: one weight per latent (same fit rule); layer j of latent i gets
+  ``weight_at(j) · frame_weights[i]`` (the embeds-scaling rule above then applies per latent).
+* ``swap_layers[j]``: at layer j the negative half attends to the reference tokens and the positive half to
+  zero tokens (the precise weight types).
+* ``alt_cond_tokens`` / ``alt_layers[j]``: at layer j the positive tokens are ``alt_cond_tokens`` (the
+  composition image of IPAdapterStyleComposition).
 """
 
 from __future__ import annotations
@@ -60,6 +71,11 @@ class IPAdapterPatch:
     mask: torch.Tensor | None = None  # [B or 1, H, W] float 0..1, soft allowed
     embeds_scaling: str = "V only"
     mask_interpolation: str = "bilinear"  # "bicubic" on binary masks reproduces diffusers' ip_adapter_masks
+    unfold_batch: bool = False
+    frame_weights: tuple[float, ...] | None = None
+    swap_layers: tuple[bool, ...] | None = None
+    alt_cond_tokens: torch.Tensor | None = None
+    alt_layers: tuple[bool, ...] | None = None
 
     def __post_init__(self):
         if self.embeds_scaling not in EMBEDS_SCALING:
@@ -81,6 +97,12 @@ class IPAdapterPatch:
         if self.mask is not None and self.mask.ndim != 3:
             raise IPAdapterPatchError(f"mask must be [B, H, W] or [H, W], not {list(self.mask.shape)}.")
 
+    def tokens(self, t: torch.Tensor, name: str) -> torch.Tensor:
+        """Tokens as the attention uses them: ``[n, T, D]`` per latent when unfolded, else concatenated."""
+        if self.unfold_batch:
+            return t[None] if t.ndim == 2 else t
+        return _as_tokens(t, name)
+
     def weight_at(self, j: int) -> float:
         return float(self.layer_weights[j]) if self.layer_weights is not None else float(self.weight)
 
@@ -92,17 +114,29 @@ class IPAdapterPatch:
 def _layer_term(patch: IPAdapterPatch, j: int, device, dtype) -> LayerTerm | None:
     """Precompute the image K/V of ``patch`` at layer j; None when the term can never act."""
     w = patch.weight_at(j)
-    if w == 0.0 or patch.start_at > patch.end_at:
+    frames = None if patch.frame_weights is None else torch.tensor(patch.frame_weights, dtype=torch.float32) * w
+    if w == 0.0 or patch.start_at > patch.end_at or (frames is not None and not bool(frames.any())):
         return None
     mask = patch.mask
     if mask is not None and not bool(mask.any()):
         return None
     wk = patch.adapter.to_k_ip[j].to(device=device, dtype=dtype)
     wv = patch.adapter.to_v_ip[j].to(device=device, dtype=dtype)
-    cond = _as_tokens(patch.cond_tokens, "cond_tokens").to(device=device, dtype=dtype)
-    uncond = _as_tokens(patch.uncond_tokens, "uncond_tokens").to(device=device, dtype=dtype)
+    cond_src = patch.cond_tokens
+    if patch.alt_layers is not None and patch.alt_cond_tokens is not None and patch.alt_layers[j]:
+        cond_src = patch.alt_cond_tokens
+    cond = patch.tokens(cond_src, "cond_tokens").to(device=device, dtype=dtype)
+    uncond = patch.tokens(patch.uncond_tokens, "uncond_tokens").to(device=device, dtype=dtype)
+    if patch.swap_layers is not None and patch.swap_layers[j]:
+        cond, uncond = torch.zeros_like(cond), cond
     with torch.no_grad():
         kc, vc, ku, vu = F.linear(cond, wk), F.linear(cond, wv), F.linear(uncond, wk), F.linear(uncond, wv)
+    if frames is not None:  # per-latent weights: the scaling is applied per row once the batch is known
+        return LayerTerm(k_cond=kc, v_cond=vc, k_uncond=ku, v_uncond=vu, out_scale=1.0,
+                         start_at=float(patch.start_at), end_at=float(patch.end_at),
+                         mask=None if mask is None else mask.to(device=device, dtype=torch.float32),
+                         mask_interpolation=patch.mask_interpolation, row_weights=frames.to(device),
+                         scaling=patch.embeds_scaling)
     out_scale = w
     if patch.embeds_scaling != "V only":
         if "C penalty" in patch.embeds_scaling:

@@ -39,7 +39,15 @@ there it silently gets no image attention):
   composition            {4: 0.25·w, 5: w}                  {3: w}
   strong style transfer  all but {4,5}: w (mid t=6 incl.)   all but {3}: w (mid t=4 incl.)
   style and composition  style ∪ {4: 0.25·wc, 5: wc}        {3: wc, 6: w}
+  strong style and comp. all: w, {4,5: wc}                  all: w, {3: wc}
+  style transfer precise style ∪ {4: 0.25·wc, 5: wc}        {3: wc, 6: w}
+  composition precise    {0-3,9-15: b, 4: 0.25·w, 5: w,     {3: w, 6: b, others: 0.1·b}
+                         6-8: 0.1·b}
   ====================== ================================== =====================
+
+  (precise: wc = style_boost or w; b = composition_boost or w.) The precise types also SWAP the two CFG halves
+  on some blocks (:func:`swapped_layers`): the style type on the composition blocks, the composition type on
+  every other block.
 """
 
 from __future__ import annotations
@@ -59,6 +67,11 @@ WEIGHT_TYPES = (
     "style and composition",
     "strong style transfer",
 )
+# ComfyUI_IPAdapter_plus's precise types (and the internal "expand_style" type of IPAdapterStyleComposition);
+# kept apart from WEIGHT_TYPES so the older IPAdapterApply choices stay as they were.
+PRECISE_TYPES = ("style transfer precise", "composition precise")
+PLUS_WEIGHT_TYPES = WEIGHT_TYPES[:11] + ("strong style transfer", "style and composition") + PRECISE_TYPES
+_EXTRA_TYPES = PRECISE_TYPES + ("strong style and composition",)
 
 # (block kind, t, number of transformer layers) per diffusers Transformer2DModel, in diffusers (j) order.
 _LAYOUT = {
@@ -94,6 +107,12 @@ def _dict_weights(weight_type: str, w: float, wc: float, arch: str) -> dict[int,
             "composition": {4: 0.25 * w, 5: w},
             "strong style transfer": {t: w for t in range(16) if t not in (4, 5)},
             "style and composition": {**style, 4: 0.25 * wc, 5: wc},
+            "strong style and composition": {**{t: w for t in range(16)}, 4: wc, 5: wc},
+            # precise: wc = style_boost (or w); the swap of composition_layers is applied by the patch
+            "style transfer precise": {**style, 4: 0.25 * wc, 5: wc},
+            # composition precise: w = the composition weight, wc = composition_boost (or w)
+            "composition precise": {**{t: wc for t in (0, 1, 2, 3, *range(9, 16))}, 4: 0.25 * w, 5: w,
+                                    **{t: 0.1 * wc for t in (6, 7, 8)}},
         }
     else:
         table = {
@@ -101,21 +120,78 @@ def _dict_weights(weight_type: str, w: float, wc: float, arch: str) -> dict[int,
             "composition": {3: w},
             "strong style transfer": {t: w for t in range(11) if t != 3},
             "style and composition": {3: wc, 6: w},
+            "strong style and composition": {**{t: w for t in range(11)}, 3: wc},
+            "style transfer precise": {3: wc, 6: w},
+            "composition precise": {**{t: 0.1 * wc for t in range(11)}, 3: w, 6: wc},
         }
     return table[weight_type]
+
+
+def composition_layers(arch: str) -> frozenset[int]:
+    """Transformer indices t of the composition (layout) blocks: {4, 5} on SD1.5, {3} on SDXL."""
+    return frozenset((4, 5)) if arch == "sd15" else frozenset((3,))
+
+
+def swapped_layers(weight_type: str, arch: str) -> tuple[bool, ...]:
+    """Per layer j: does a precise weight type feed the image to the NEGATIVE side there?
+
+    "style transfer precise" swaps on the composition blocks, "composition precise" everywhere else. A swapped
+    layer attends the unconditional batch half to the reference tokens and the conditional half to zero tokens
+    (whose image K/V are 0, so the image term vanishes there), so guidance pushes AWAY from what that block
+    would copy (ComfyUI_IPAdapter_plus's definition). Other types swap nothing.
+    """
+    comp = composition_layers(arch)
+    table = layer_table(arch)
+    if weight_type == "style transfer precise":
+        return tuple(t in comp for _, t in table)
+    if weight_type == "composition precise":
+        return tuple(t not in comp for _, t in table)
+    return tuple(False for _ in table)
+
+
+def alt_layers(arch: str) -> tuple[bool, ...]:
+    """Per layer j: is it a composition block (where IPAdapterStyleComposition uses the composition image)?"""
+    comp = composition_layers(arch)
+    return tuple(t in comp for _, t in layer_table(arch))
+
+
+def mad_scientist_weights(text: str, weight: float, arch: str) -> tuple[float, ...]:
+    """IPAdapterMS ``layer_weights`` ("t:value, t:value"): layer weight = value·weight at transformer index t,
+    0 elsewhere (ComfyUI_IPAdapter_plus: unnamed blocks get no image attention)."""
+    table = layer_table(arch)
+    d = parse_layer_weights(text)
+    return tuple(float(d.get(t, 0.0)) * float(weight) for _, t in table)
+
+
+def parse_layer_weights(text: str) -> dict[int, float]:
+    """``"0:1.0, 6:0.5"`` -> {0: 1.0, 6: 0.5}; ValueError with a sentence otherwise."""
+    out: dict[int, float] = {}
+    for part in text.replace("\n", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if ":" not in part:
+            raise ValueError(f"layer_weights entry {part!r} is not 'index:weight'")
+        k, v = part.split(":", 1)
+        try:
+            out[int(k.strip())] = float(v.strip())
+        except ValueError:
+            raise ValueError(f"layer_weights entry {part!r} is not 'index:weight' with numbers") from None
+    return out
 
 
 def layer_weights(
     weight_type: str, weight: float, arch: str, weight_composition: float | None = None
 ) -> tuple[float, ...]:
     """Absolute IP weight of every cross-attention layer (diffusers order) for a ComfyUI weight type."""
-    if weight_type not in WEIGHT_TYPES:
+    if weight_type not in WEIGHT_TYPES + _EXTRA_TYPES:
         raise ValueError(f"unknown weight type {weight_type!r}; expected one of {', '.join(WEIGHT_TYPES)}")
     table = layer_table(arch)
     w = float(weight)
     wc = w if weight_composition is None else float(weight_composition)
     L = _TRANSFORMERS[arch]
-    if weight_type in ("style transfer", "composition", "style and composition", "strong style transfer"):
+    if weight_type in ("style transfer", "composition", "style and composition", "strong style transfer",
+                       *_EXTRA_TYPES):
         d = _dict_weights(weight_type, w, wc, arch)
         return tuple(float(d.get(t, 0.0)) for _, t in table)
 

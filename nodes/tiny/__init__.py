@@ -2,7 +2,7 @@
 
 They are random-weight models in the real architectures and file formats, loaded through exactly the code
 path real files take: ``sd`` (SD1.5 / SDXL checkpoints, VAEs, diffusers folders), ``ipadapter`` (CLIP vision
-encoders, h94 IP-Adapter files), ``controlnet`` (original-layout files and diffusers folders). ``common``
+encoders, h94 IP-Adapter files), ``controlnet`` (original-layout files and diffusers folders), ``upscale`` (a Real-ESRGAN x4 .pth). ``common``
 holds what the writers share. New families add their writer here and a line to :func:`write_all`.
 """
 
@@ -19,9 +19,10 @@ def write_all(models_dir: Path) -> list[Path]:
     from .controlnet import write_tiny_controlnets
     from .faceid import write_tiny_faceid
     from .insightface import write_tiny_insightface
-    from .ipadapter import write_tiny_clip_vision, write_tiny_ipadapters
+    from .ipadapter import write_tiny_clip_vision, write_tiny_ipadapters, write_tiny_preset_ipadapters
     from .lora import write_tiny_loras
     from .sd import build_tiny, ensure_tiny_models
+    from .upscale import write_tiny_upscale_models
 
     with _lock:
         paths = list(ensure_tiny_models(models_dir).values())
@@ -29,7 +30,9 @@ def write_all(models_dir: Path) -> list[Path]:
         built = {"sd15": build_tiny("sd15"), "sdxl": build_tiny("sdxl")}
         unets = {kind: parts["unet"] for kind, parts in built.items()}
         paths += list(write_tiny_ipadapters(models_dir, unets).values())
+        paths += list(write_tiny_preset_ipadapters(models_dir, unets).values())
         paths += list(write_tiny_controlnets(models_dir).values())
+        paths += list(write_tiny_upscale_models(models_dir).values())
         paths += list(write_tiny_loras(models_dir, built).values())
         paths += list(write_tiny_faceid(models_dir, unets).values())
         paths += list(write_tiny_insightface(models_dir).values())

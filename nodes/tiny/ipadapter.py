@@ -61,32 +61,40 @@ def write_tiny_clip_vision(models_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
-def tiny_ipadapter_state(unet, variant: str, seed: int) -> dict[str, dict[str, torch.Tensor]]:
-    """An h94-layout ``{"image_proj": ..., "ip_adapter": ...}`` sized for ``unet`` and the tiny encoder."""
-    from diffusers.models.embeddings import ImageProjection, IPAdapterPlusImageProjection
+def tiny_ipadapter_state(unet, variant: str, seed: int, wide: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+    """An h94-layout ``{"image_proj": ..., "ip_adapter": ...}`` sized for ``unet`` and the tiny encoder
+    (``wide``: the wide one, the project's ViT-bigG stand-in). ``variant``: base, plus or full-face."""
+    from diffusers.models.embeddings import (
+        ImageProjection,
+        IPAdapterFullImageProjection,
+        IPAdapterPlusImageProjection,
+    )
 
     from ..ipadapter.files import describe_unet
 
     info = describe_unet(unet)
     dim = info.cross_attention_dim
+    enc = TINY_ENCODER_WIDE if wide else TINY_ENCODER
 
     def make():
         if variant == "base":
             proj = ImageProjection(
                 cross_attention_dim=dim,
-                image_embed_dim=TINY_ENCODER["projection_dim"],
+                image_embed_dim=enc["projection_dim"],
                 num_image_text_embeds=4,
             )
+        elif variant == "full-face":
+            proj = IPAdapterFullImageProjection(cross_attention_dim=dim, image_embed_dim=enc["hidden_size"])
         elif variant == "plus":
             proj = IPAdapterPlusImageProjection(
-                embed_dims=TINY_ENCODER["hidden_size"],
+                embed_dims=enc["hidden_size"],
                 output_dims=dim,
                 hidden_dims=64,
                 heads=1,
                 num_queries=16,
             )
         else:
-            raise ValueError(f"tiny adapters are base or plus, not {variant!r}")
+            raise ValueError(f"tiny adapters are base, plus or full-face, not {variant!r}")
         # LayerNorm weights start at exactly 1/0; randomise them so a wrong key mapping cannot go unnoticed
         for name, p in proj.named_parameters():
             if p.ndim == 1:
@@ -124,4 +132,39 @@ def write_tiny_ipadapters(models_dir: str | Path, unets: dict) -> dict[str, Path
                 bin_dest = folder / "tiny-ip-adapter_sd15.bin"
                 atomic_write(bin_dest, lambda tmp, state=state: torch.save(state, str(tmp)))
                 paths["base_sd15_bin"] = bin_dest
+    return paths
+
+
+# Unified-loader preset files: (file stem, variant, wide encoder, archs, seed). The file names follow the h94
+# ones only for the look-alike layouts that names separate (light, plus-face, composition); everything else
+# (base model, encoder width) is read from the weights.
+PRESET_FILES = (
+    ("tiny-ip-adapter_sd15_light", "base", False, ("sd15",), 230),
+    ("tiny-ip-adapter_vit-G", "base", True, ("sd15", "sdxl"), 232),
+    ("tiny-ip-adapter-plus-face", "plus", False, ("sd15", "sdxl"), 240),
+    ("tiny-ip-adapter-full-face", "full-face", False, ("sd15",), 250),
+    ("tiny-ip-adapter-plus-composition", "plus", False, ("sd15", "sdxl"), 260),
+)
+
+
+def write_tiny_preset_ipadapters(models_dir: str | Path, unets: dict) -> dict[str, Path]:
+    """Write the light, ViT-bigG-encoder, plus-face, full-face and composition tiny adapters (safetensors), so
+    every IPAdapterUnifiedLoader preset has a file to find; returns name -> path."""
+    from safetensors.torch import save_file
+
+    folder = Path(models_dir) / "ipadapter"
+    paths: dict[str, Path] = {}
+    for stem, variant, wide, archs, seed in PRESET_FILES:
+        for arch in archs:
+            if arch not in unets:
+                continue
+            name = f"{stem}.safetensors" if stem.endswith("_light") else f"{stem}_{arch}.safetensors"
+            dest = folder / name
+            if dest.exists():
+                paths[name] = dest
+                continue
+            state = tiny_ipadapter_state(unets[arch], variant, seed=seed + (5 if arch == "sdxl" else 0), wide=wide)
+            flat = {f"{part}.{k}": t for part, d in state.items() for k, t in d.items()}
+            atomic_write(dest, lambda tmp, flat=flat: save_file(flat, str(tmp)))
+            paths[name] = dest
     return paths

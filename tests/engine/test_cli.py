@@ -58,3 +58,16 @@ def test_nodes_listing():
 def test_serve_takes_its_own_options():
     r = ipgraph("serve", "--help")
     assert r.returncode == 0 and "--port" in r.stdout and "--data-dir" in r.stdout
+
+
+def test_bundled_graphs_are_listed_copied_and_found_by_name(tmp_path, models_dir):
+    listed = ipgraph("graphs")
+    assert listed.returncode == 0 and "txt2img" in listed.stdout.split()
+    copied = ipgraph("graphs", "--copy", str(tmp_path / "examples"))
+    assert copied.returncode == 0
+    assert (tmp_path / "examples" / "txt2img.json").is_file()
+    assert (tmp_path / "examples" / "assets" / "ipa_bear_ref.png").is_file()
+    by_name = ipgraph("validate", "txt2img", "--models-dir", str(models_dir))
+    assert by_name.returncode == 0 and "valid" in by_name.stdout
+    missing = ipgraph("validate", "no_such_graph")
+    assert missing.returncode == 1 and "ipgraph graphs" in missing.stderr

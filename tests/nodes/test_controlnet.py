@@ -63,7 +63,7 @@ def run(engine, graph):
 
 
 def hint_of(result, which):
-    image = result.outputs["canny"].image if which == "canny" else result.outputs["scale"].image
+    image = result.outputs["canny"].image if which == "canny" else result.outputs["scale"].IMAGE
     return image.permute(0, 3, 1, 2).contiguous()
 
 
@@ -105,29 +105,29 @@ def test_original_layout_uses_real_key_names(models_dir):
 def test_single_controlnet_matches_diffusers(engine, controls, steps):
     result = run(engine, cn_graph(controls=controls, steps=steps))
     (name, strength, start, end, hint), = controls
-    net = result.outputs["cn0"].control_net.net
+    net = result.outputs["cn0"].CONTROL_NET.net
     expected = sd15_pipe(result, [net])(
         PROMPT, image=hint_of(result, hint), negative_prompt=NEGATIVE, height=64, width=64,
         num_inference_steps=steps, guidance_scale=7.0, controlnet_conditioning_scale=strength,
         control_guidance_start=start, control_guidance_end=end,
         generator=torch.Generator("cpu").manual_seed(7), output_type="latent").images
-    got = result.outputs["ks"].latent.samples
+    got = result.outputs["ks"].LATENT.samples
     assert max_diff(got, expected) <= TOL
-    plain = run(engine, cn_graph(controls=(), steps=steps)).outputs["ks"].latent.samples
+    plain = run(engine, cn_graph(controls=(), steps=steps)).outputs["ks"].LATENT.samples
     assert max_diff(got, plain) > 1e-3  # the ControlNet did something
 
 
 def test_multi_controlnet_matches_diffusers(engine):
     controls = ((CN15, 0.7, 0.0, 0.6, "canny"), (CN15_DIFFUSERS, 0.5, 0.3, 1.0, "scene"))
     result = run(engine, cn_graph(controls=controls, steps=8, batch=2))
-    nets = [result.outputs[f"cn{i}"].control_net.net for i in range(2)]
+    nets = [result.outputs[f"cn{i}"].CONTROL_NET.net for i in range(2)]
     expected = sd15_pipe(result, nets)(
         PROMPT, image=[hint_of(result, c[4]) for c in controls], negative_prompt=NEGATIVE, height=64, width=64,
         num_inference_steps=8, guidance_scale=7.0, num_images_per_prompt=2,
         controlnet_conditioning_scale=[c[1] for c in controls], control_guidance_start=[c[2] for c in controls],
         control_guidance_end=[c[3] for c in controls], generator=torch.Generator("cpu").manual_seed(7),
         output_type="latent").images
-    assert max_diff(result.outputs["ks"].latent.samples, expected) <= TOL
+    assert max_diff(result.outputs["ks"].LATENT.samples, expected) <= TOL
 
 
 def test_sdxl_controlnet_matches_diffusers(engine):
@@ -136,13 +136,13 @@ def test_sdxl_controlnet_matches_diffusers(engine):
     pipe = StableDiffusionXLControlNetPipeline(
         vae=vae.vae, text_encoder=clip.text_encoders[0], text_encoder_2=clip.text_encoders[1],
         tokenizer=clip.tokenizers[0], tokenizer_2=clip.tokenizers[1], unet=model.unet,
-        controlnet=result.outputs["cn0"].control_net.net,
+        controlnet=result.outputs["cn0"].CONTROL_NET.net,
         scheduler=EulerDiscreteScheduler.from_config(model.scheduler_config))
     expected = pipe(PROMPT, image=hint_of(result, "canny"), negative_prompt=NEGATIVE, height=64, width=64,
                     num_inference_steps=6, guidance_scale=7.0, controlnet_conditioning_scale=0.9,
                     control_guidance_end=0.8, generator=torch.Generator("cpu").manual_seed(7),
                     output_type="latent").images
-    assert max_diff(result.outputs["ks"].latent.samples, expected) <= TOL
+    assert max_diff(result.outputs["ks"].LATENT.samples, expected) <= TOL
 
 
 def test_controlnet_sees_text_only_and_its_processors_stay_untouched(engine, models_dir):
@@ -152,7 +152,7 @@ def test_controlnet_sees_text_only_and_its_processors_stay_untouched(engine, mod
     from ipgraph.nodes.ipadapter import IPAdapterPatch, load_ipadapter
 
     result = run(engine, cn_graph(steps=2))
-    net = result.outputs["cn0"].control_net.net
+    net = result.outputs["cn0"].CONTROL_NET.net
     model = result.outputs["ckpt"].model
     adapter = load_ipadapter(models_dir / "ipadapter" / "tiny-ip-adapter_sd15.safetensors")
     patch = IPAdapterPatch(adapter, adapter.project(torch.randn(1, 32, generator=torch.Generator().manual_seed(0))),
@@ -169,7 +169,7 @@ def test_controlnet_sees_text_only_and_its_processors_stay_untouched(engine, mod
     handle = net.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         sample(model.with_patch(patch), result.outputs["apply0"].positive, result.outputs["apply0"].negative,
-               result.outputs["lat"].latent, seed=7, steps=2, cfg=7.0, sampler="euler", schedule="normal",
+               result.outputs["lat"].LATENT, seed=7, steps=2, cfg=7.0, sampler="euler", schedule="normal",
                denoise=1.0, device="cpu", dtype=torch.float32)
     finally:
         handle.remove()
@@ -179,15 +179,15 @@ def test_controlnet_sees_text_only_and_its_processors_stay_untouched(engine, mod
 
 def test_conditioning_is_not_mutated_and_zero_strength_passes_through(engine):
     result = run(engine, cn_graph(controls=((CN15, 0.0, 0.0, 1.0, "canny"), (CN15, 1.0, 0.0, 1.0, "canny"))))
-    assert result.outputs["apply0"].positive is result.outputs["pos"].conditioning
-    assert result.outputs["pos"].conditioning.controls == ()
+    assert result.outputs["apply0"].positive is result.outputs["pos"].CONDITIONING
+    assert result.outputs["pos"].CONDITIONING.controls == ()
     assert len(result.outputs["apply1"].positive.controls) == 1
     assert result.outputs["apply1"].positive.controls[0] is result.outputs["apply1"].negative.controls[0]
 
 
 def test_mask_of_ones_is_no_mask_and_zeros_is_no_control(engine):
-    base = run(engine, cn_graph(steps=3)).outputs["ks"].latent.samples
-    plain = run(engine, cn_graph(controls=(), steps=3)).outputs["ks"].latent.samples
+    base = run(engine, cn_graph(steps=3)).outputs["ks"].LATENT.samples
+    plain = run(engine, cn_graph(controls=(), steps=3)).outputs["ks"].LATENT.samples
     from ipgraph.nodes.diffusion.sampling import sample
 
     result = run(engine, cn_graph(steps=3))
@@ -195,9 +195,9 @@ def test_mask_of_ones_is_no_mask_and_zeros_is_no_control(engine):
     for value, want in ((1.0, base), (0.0, plain)):
         masked = type(control)(control.handle, control.hint, control.strength, control.start, control.end,
                                torch.full((1, 32, 32), value))  # another size than the image: resized
-        pos = result.outputs["pos"].conditioning.with_control(masked)
-        neg = result.outputs["neg"].conditioning.with_control(masked)
-        got = sample(result.outputs["ckpt"].model, pos, neg, result.outputs["lat"].latent, seed=7, steps=3, cfg=7.0,
+        pos = result.outputs["pos"].CONDITIONING.with_control(masked)
+        neg = result.outputs["neg"].CONDITIONING.with_control(masked)
+        got = sample(result.outputs["ckpt"].model, pos, neg, result.outputs["lat"].LATENT, seed=7, steps=3, cfg=7.0,
                      sampler="euler", schedule="normal", denoise=1.0, device="cpu", dtype=torch.float32)
         assert max_diff(got, want) <= 1e-6
 
@@ -207,7 +207,7 @@ def test_hint_of_another_size_is_resized(engine):
     g.set("scale", "width", 96)  # a 96x64 hint for a 64x64 image
     result = run(engine, g)
     assert result.outputs["canny"].image.shape[1:3] == (64, 96)
-    assert result.outputs["ks"].latent.samples.shape == (1, 4, 8, 8)
+    assert result.outputs["ks"].LATENT.samples.shape == (1, 4, 8, 8)
 
 
 def test_controlnet_for_another_base_model_is_refused(engine):
@@ -263,8 +263,8 @@ def test_image_scale_center_crop():
 def test_demo_graphs_run(engine, name):
     graph = Graph.from_json((GRAPHS / name).read_text())
     result = engine.run(graph)
-    images = [v for v in result.outputs.values() if hasattr(v, "images")]
-    assert images and images[0].images.shape[-1] == 3
+    images = [v.IMAGE for v in result.outputs.values() if hasattr(v, "IMAGE")]  # decoded (VAEDecode)
+    assert images and images[-1].shape[-1] == 3 and any(ui.get("images") for ui in result.ui.values())
 
 
 def test_comfyui_api_workflow_imports_and_runs(engine):
@@ -301,9 +301,9 @@ def test_controlnet_and_ipadapter_both_act_in_the_demo_graph(engine):
         if model:
             g.set("sampler", "model", Link(*model))
         if cond:
-            g.set("sampler", "positive", Link(cond[0], "conditioning"))
-            g.set("sampler", "negative", Link(cond[1], "conditioning"))
-        return engine.run(g, outputs=["sampler"]).outputs["sampler"].latent.samples
+            g.set("sampler", "positive", Link(cond[0], "CONDITIONING"))
+            g.set("sampler", "negative", Link(cond[1], "CONDITIONING"))
+        return engine.run(g, outputs=["sampler"]).outputs["sampler"].LATENT.samples
 
     both = latents()
     assert max_diff(both, latents(model=("ckpt", "model"))) > 1e-3  # IP-Adapter acts

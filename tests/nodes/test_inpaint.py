@@ -62,8 +62,8 @@ def pipeline(result):
 
 
 def pixels_and_mask(result):
-    image = result.outputs["img"].image.permute(0, 3, 1, 2).contiguous()
-    return image, result.outputs["img"].mask[:, None].clone()
+    image = result.outputs["img"].IMAGE.permute(0, 3, 1, 2).contiguous()
+    return image, result.outputs["img"].MASK[:, None].clone()
 
 
 def test_nine_channel_matches_diffusers(engine):
@@ -78,19 +78,20 @@ def test_nine_channel_matches_diffusers(engine):
         PROMPT, image=image, mask_image=mask, masked_image_latents=latent.concat[:, 1:], height=64, width=64,
         strength=1.0, num_inference_steps=6, guidance_scale=7.0, negative_prompt=NEGATIVE,
         generator=torch.Generator("cpu").manual_seed(7), output_type="latent").images
-    assert max_diff(result.outputs["ks"].latent.samples, expected) <= TOL
+    assert max_diff(result.outputs["ks"].LATENT.samples, expected) <= TOL
 
 
 @pytest.mark.parametrize("denoise", [1.0, 0.75])
 def test_four_channel_matches_diffusers(engine, denoise):
-    result = run(engine, inpaint_graph(nine=False, steps=8, denoise=denoise))
-    latent = result.outputs["inpaint"].latent
+    # ComfyUI's denoise: round(8 * denoise) steps of an 8-step schedule = diffusers' strength of 8 steps
+    result = run(engine, inpaint_graph(nine=False, steps=round(8 * denoise), denoise=denoise))
+    latent = result.outputs["inpaint"].LATENT
     image, mask = pixels_and_mask(result)
     expected = pipeline(result)(
         PROMPT, image=latent.samples, masked_image_latents=latent.samples, mask_image=mask, height=64, width=64, strength=denoise,
         num_inference_steps=8, guidance_scale=7.0, negative_prompt=NEGATIVE,
         generator=torch.Generator("cpu").manual_seed(7), output_type="latent").images
-    got = result.outputs["ks"].latent.samples
+    got = result.outputs["ks"].LATENT.samples
     assert max_diff(got, expected) <= TOL
     keep = latent.noise_mask == 0  # outside the mask the original latent comes back exactly
     assert keep.any() and torch.equal(got[keep.expand_as(got)], latent.samples[keep.expand_as(got)])
@@ -111,7 +112,7 @@ def test_masks_grow_resize_and_latent_noise_mask(engine):
     g.add("SetLatentNoiseMask", id="setmask", samples=g.ref("inpaint").latent, mask=g.ref("img").mask)
     g.set("ks", "latent_image", g.ref("setmask").latent)
     result = run(engine, g)
-    assert torch.equal(result.outputs["setmask"].latent.noise_mask, result.outputs["inpaint"].latent.noise_mask)
+    assert torch.equal(result.outputs["setmask"].LATENT.noise_mask, result.outputs["inpaint"].LATENT.noise_mask)
 
 
 def test_inpaint_without_a_mask_fails_validation(engine):
@@ -134,5 +135,5 @@ def test_latent_that_does_not_fit_the_model_is_a_clear_error(engine, nine, laten
 @pytest.mark.parametrize("name", ["inpaint_sd15.json", "inpaint_sd15_4ch.json"])
 def test_demo_graphs_run(engine, name):
     result = engine.run(Graph.from_json((GRAPHS / name).read_text()))
-    images = [v for v in result.outputs.values() if hasattr(v, "images")]
-    assert images and images[0].images.shape == (1, 64, 64, 3)
+    images = [v.IMAGE for v in result.outputs.values() if hasattr(v, "IMAGE")]  # decoded (VAEDecode)
+    assert images and images[-1].shape == (1, 64, 64, 3) and any(ui.get("images") for ui in result.ui.values())

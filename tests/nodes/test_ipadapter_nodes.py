@@ -36,7 +36,7 @@ def ip_graph(*, adapter=ADAPTER, ckpt=SD15, encoder=ENCODER, with_adapter=True, 
     neg = g.add("CLIPTextEncode", id="neg", clip=ck.clip, text="")
     model = ck.model
     if with_adapter:
-        ipa = g.add("IPAdapterModelLoader", id="ipa", name=adapter)
+        ipa = g.add("IPAdapterModelLoader", id="ipa", ipadapter_file=adapter)
         links = {}
         if reference:
             ref = g.add("LoadImage", id="ref", image="ipa_bear_ref.png")
@@ -53,7 +53,7 @@ def ip_graph(*, adapter=ADAPTER, ckpt=SD15, encoder=ENCODER, with_adapter=True, 
 
 
 def latents(engine, graph):
-    return engine.run(graph).outputs["ks"].latent.samples
+    return engine.run(graph).outputs["ks"].LATENT.samples
 
 
 def failure(engine, graph) -> str:
@@ -134,11 +134,11 @@ def test_validation_catches_literal_mistakes(engine, runtime):
     g = ip_graph(adapter="corrupt.safetensors", weight_type="per-block", block_weights="{up: 1}", start_at=0.9,
                  end_at=0.2)
     found = problems(engine, g)
-    assert "could not be read" in found[("ipa", "name")]
+    assert "could not be read" in found[("ipa", "ipadapter_file")]
     assert "not valid JSON" in found[("apply", "block_weights")]
     assert "after end_at" in found[("apply", "start_at")]
     found = problems(engine, ip_graph(adapter="nope.safetensors", block_weights='{"up": 1}'))
-    assert "no ipadapter model named" in found[("ipa", "name")]
+    assert "no ipadapter model named" in found[("ipa", "ipadapter_file")]
     assert "only used when weight_type is per-block" in found[("apply", "block_weights")]
 
 
@@ -155,8 +155,8 @@ def test_pairing_errors_name_the_input_and_what_is_needed(engine):
 def test_embeds_from_another_adapter_kind_are_refused(engine):
     g = Graph()
     cv = g.add("CLIPVisionLoader", id="cv", name=ENCODER)
-    plus = g.add("IPAdapterModelLoader", id="plus", name=PLUS)
-    base = g.add("IPAdapterModelLoader", id="base", name=ADAPTER)
+    plus = g.add("IPAdapterModelLoader", id="plus", ipadapter_file=PLUS)
+    base = g.add("IPAdapterModelLoader", id="base", ipadapter_file=ADAPTER)
     ck = g.add("LoadCheckpoint", id="ckpt", name=SD15)
     img = g.add("LoadImage", id="ref", image="ipa_pet.png")
     enc = g.add("IPAdapterEncoder", id="enc", ipadapter=plus.ipadapter, clip_vision=cv.clip_vision, image=img.image)
@@ -173,8 +173,8 @@ def test_bad_masks_and_images_give_clear_errors(engine, caplog):
 
     r = engine.run(ip_graph(weight=0.5), outputs=["apply", "pos", "neg", "lat"])
     o = r.outputs
-    base = dict(model=o["ckpt"].model, ipadapter=o["ipa"].ipadapter, clip_vision=o["cv"].clip_vision,
-                image=o["ref"].image)
+    base = dict(model=o["ckpt"].model, ipadapter=o["ipa"].IPADAPTER, clip_vision=o["cv"].CLIP_VISION,
+                image=o["ref"].IMAGE)
 
     class Ctx:
         resources = engine.resources
@@ -190,11 +190,11 @@ def test_bad_masks_and_images_give_clear_errors(engine, caplog):
         run(embeds=object())
     # a wide mask on a square image: resized (stretched) with a log note
     wide = run(attn_mask=torch.ones(1, 32, 96)).model
-    lat = o["lat"].latent
+    lat = o["lat"].LATENT
     from ipgraph.nodes.diffusion.sampling import sample
 
     with caplog.at_level(logging.INFO, logger="ipgraph.nodes.ipadapter.attention"):
-        sample(wide, o["pos"].conditioning, o["neg"].conditioning, lat, seed=1, steps=1, cfg=5.0, sampler="euler",
+        sample(wide, o["pos"].CONDITIONING, o["neg"].CONDITIONING, lat, seed=1, steps=1, cfg=5.0, sampler="euler",
                schedule="normal", denoise=1.0, device="cpu", dtype=torch.float32)
     assert any("stretched" in rec.message for rec in caplog.records)
 
@@ -213,8 +213,8 @@ def test_negative_image_replaces_the_default_negative(engine):
     default = engine.run(ip_graph(weight=0.5), outputs=["apply"]).outputs
     (p_neg,), (p_def,) = with_neg["apply"].model.patches, default["apply"].model.patches
     assert torch.equal(p_neg.cond_tokens, p_def.cond_tokens)
-    adapter, cv = with_neg["ipa"].ipadapter, with_neg["cv"].clip_vision
-    expected = adapter.project(cv.encode_images(with_neg["negimg"].image)[0])
+    adapter, cv = with_neg["ipa"].IPADAPTER, with_neg["cv"].CLIP_VISION
+    expected = adapter.project(cv.encode_images(with_neg["negimg"].IMAGE)[0])
     assert torch.allclose(p_neg.uncond_tokens, expected, atol=1e-6)
     assert torch.allclose(p_def.uncond_tokens, adapter.project(torch.zeros(1, 32)), atol=1e-6)
 
@@ -225,7 +225,7 @@ def test_embeds_round_trip_runs_without_encoder_and_matches_direct_image(engine,
     direct = latents(engine, ip_graph(adapter=PLUS, weight=0.7))
     g = Graph()
     cv = g.add("CLIPVisionLoader", id="cv", name=ENCODER)
-    ipa = g.add("IPAdapterModelLoader", id="ipa", name=PLUS)
+    ipa = g.add("IPAdapterModelLoader", id="ipa", ipadapter_file=PLUS)
     img = g.add("LoadImage", id="ref", image="ipa_bear_ref.png")
     enc = g.add("IPAdapterEncoder", id="enc", ipadapter=ipa.ipadapter, clip_vision=cv.clip_vision, image=img.image)
     g.add("SaveImageEmbeds", id="save", embeds=enc.embeds, filename_prefix="roundtrip")
@@ -238,7 +238,7 @@ def test_embeds_round_trip_runs_without_encoder_and_matches_direct_image(engine,
     loaded.set("apply", "embeds", loaded.add("LoadImageEmbeds", id="emb", name=saved).embeds)
     result = engine.run(loaded)
     assert not any(e.type == "CLIPVisionLoader" for e in loaded.nodes.values())
-    assert torch.allclose(result.outputs["ks"].latent.samples, direct, atol=1e-5)
+    assert torch.allclose(result.outputs["ks"].LATENT.samples, direct, atol=1e-5)
     assert result.outputs["emb"].embeds.clip_vision == ENCODER
 
 
@@ -280,5 +280,5 @@ def test_bundled_embeds_asset_and_comfy_alias(engine):
                "embeds_scaling": "V only"}}}
     graph = from_comfy_api(doc)
     assert engine.validate(graph, outputs=["5"]) == []
-    (patch,) = engine.run(graph, outputs=["5"]).outputs["5"].model.patches
+    (patch,) = engine.run(graph, outputs=["5"]).outputs["5"].MODEL.patches
     assert patch.layer_weights is not None and patch.layer_weights[1] < 0.8

@@ -301,14 +301,14 @@ def test_load_image_mask_channels_and_missing_file(engine, runtime):
     for ch in ("alpha", "red", "green", "blue"):
         g.add("LoadImageMask", id=ch, image="px.png", channel=ch)
     r = engine.run(g, outputs=["alpha", "red", "green", "blue"])
-    assert torch.allclose(r.outputs["alpha"].mask, t([[1.0, 0.0]]))
-    assert torch.allclose(r.outputs["red"].mask, t([[1.0, 0.0]]))
-    assert torch.allclose(r.outputs["green"].mask, t([[0.0, 0.4]]))
-    assert torch.allclose(r.outputs["blue"].mask, t([[0.2, 0.0]]))
+    assert torch.allclose(r.outputs["alpha"].MASK, t([[1.0, 0.0]]))
+    assert torch.allclose(r.outputs["red"].MASK, t([[1.0, 0.0]]))
+    assert torch.allclose(r.outputs["green"].MASK, t([[0.0, 0.4]]))
+    assert torch.allclose(r.outputs["blue"].MASK, t([[0.2, 0.0]]))
     Image.fromarray(np.array([[0, 65535, 32896]], np.uint16)).save(runtime.input_dir / "g16.png")  # 16-bit grey
     g16 = Graph()
     g16.add("LoadImageMask", id="g", image="g16.png", channel="red")
-    assert torch.allclose(engine.run(g16, outputs=["g"]).outputs["g"].mask, t([[0.0, 1.0, 128 / 255]]))
+    assert torch.allclose(engine.run(g16, outputs=["g"]).outputs["g"].MASK, t([[0.0, 1.0, 128 / 255]]))
     g2 = Graph()
     g2.add("LoadImageMask", id="x", image="nope.png")
     with pytest.raises(ValidationFailed, match="nope.png"):
@@ -334,7 +334,7 @@ def test_comfyui_api_prompt_imports_and_runs(engine):
         "5": {"class_type": "InvertMask", "inputs": {"mask": ["4", 0]}},
     }
     result = engine.run(from_comfy_api(prompt), outputs=["5"])
-    assert torch.equal(result.outputs["5"].mask, 1 - call("GrowMask", mask=dot(), expand=1))
+    assert torch.equal(result.outputs["5"].MASK, 1 - call("GrowMask", mask=dot(), expand=1))
 
 
 def test_describe():

@@ -30,7 +30,7 @@ ADAPTER, ENCODER, REFERENCE, WEIGHT = "tiny-ip-adapter_sd15.safetensors", "tiny-
 
 def with_ip_adapter(graph):
     """Route the graph's KSampler model through an IPAdapterApply on the reference image."""
-    ipa = graph.add("IPAdapterModelLoader", id="ipa", name=ADAPTER)
+    ipa = graph.add("IPAdapterModelLoader", id="ipa", ipadapter_file=ADAPTER)
     cv = graph.add("CLIPVisionLoader", id="cv", name=ENCODER)
     ref = graph.add("LoadImage", id="ref", image=REFERENCE)
     apply = graph.add("IPAdapterApply", id="apply_ip", model=graph.ref("ckpt").model, ipadapter=ipa.ipadapter,
@@ -56,9 +56,9 @@ def fresh_pipeline(models_dir, cls, ckpt_name, **extra):
 def test_controlnet_with_ip_adapter_matches_diffusers(engine, models_dir):
     result = engine.run(with_ip_adapter(cn_graph(controls=((CN15, 0.8, 0.0, 0.8, "canny"),), steps=6)),
                         outputs=["ks"])
-    got = result.outputs["ks"].latent.samples
+    got = result.outputs["ks"].LATENT.samples
     without_ip = engine.run(cn_graph(controls=((CN15, 0.8, 0.0, 0.8, "canny"),), steps=6), outputs=["ks"])
-    assert diff(got, without_ip.outputs["ks"].latent.samples) > 1e-3  # the adapter acts
+    assert diff(got, without_ip.outputs["ks"].LATENT.samples) > 1e-3  # the adapter acts
     pipe = fresh_pipeline(models_dir, StableDiffusionControlNetPipeline, "tiny-sd15.safetensors",
                           controlnet=load_controlnet(models_dir / "controlnet" / CN15))
     expected = pipe("a house by a tree", image=hint_of(result, "canny"), negative_prompt="blurry", height=64,
@@ -70,8 +70,8 @@ def test_controlnet_with_ip_adapter_matches_diffusers(engine, models_dir):
 
 def test_nine_channel_inpaint_with_ip_adapter_matches_diffusers(engine, models_dir):
     result = engine.run(with_ip_adapter(inpaint_graph(nine=True)), outputs=["ks"])
-    got = result.outputs["ks"].latent.samples
-    assert diff(got, engine.run(inpaint_graph(nine=True), outputs=["ks"]).outputs["ks"].latent.samples) > 1e-3
+    got = result.outputs["ks"].LATENT.samples
+    assert diff(got, engine.run(inpaint_graph(nine=True), outputs=["ks"]).outputs["ks"].LATENT.samples) > 1e-3
     image, mask = pixels_and_mask(result)
     pipe = fresh_pipeline(models_dir, StableDiffusionInpaintPipeline, "tiny-sd15-inpaint.safetensors")
     expected = pipe("a cute gummy bear waving", image=image, mask_image=mask,

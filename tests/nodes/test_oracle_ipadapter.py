@@ -43,7 +43,7 @@ def graph(arch, applies, *, embeds_file=None):
     cv = None
     for i, a in enumerate(applies):
         a = dict(a)
-        ipa = g.add("IPAdapterModelLoader", id=f"ipa{i}", name=a.pop("adapter"))
+        ipa = g.add("IPAdapterModelLoader", id=f"ipa{i}", ipadapter_file=a.pop("adapter"))
         links = {}
         if embeds_file:
             links["embeds"] = g.add("LoadImageEmbeds", id=f"emb{i}", name=embeds_file).embeds
@@ -97,8 +97,8 @@ def diff(a, b):
 
 
 def ours_and_plain(engine, arch, applies, **kw):
-    got = engine.run(graph(arch, applies, **kw)).outputs["ks"].latent.samples
-    plain = engine.run(graph(arch, [])).outputs["ks"].latent.samples
+    got = engine.run(graph(arch, applies, **kw)).outputs["ks"].LATENT.samples
+    plain = engine.run(graph(arch, [])).outputs["ks"].LATENT.samples
     assert diff(got, plain) > 1e-3  # the adapter really acts, so the comparison means something
     return got
 
@@ -129,9 +129,9 @@ def test_masked_adapters_match_diffusers_ip_adapter_masks(engine, models_dir):
                dict(adapter=file, image="ipa_face_b.png", mask="ipa_mask_right.png", weight=0.7,
                     mask_interpolation="bicubic")]
     result = engine.run(graph("sd15", applies))
-    got = result.outputs["ks"].latent.samples
+    got = result.outputs["ks"].LATENT.samples
     # diffusers' processor on the same mask pictures (L images, white = where the face goes)
-    ours_masks = [result.outputs[f"mask{i}"].mask for i in (0, 1)]
+    ours_masks = [result.outputs[f"mask{i}"].MASK for i in (0, 1)]
     pictures = [Image.fromarray((m[0].numpy() * 255).astype("uint8"), "L") for m in ours_masks]
     masks = IPAdapterMaskProcessor().preprocess(pictures, height=64, width=64)
     assert torch.equal(masks[:, 0], torch.cat(ours_masks))  # binary masks: the same numbers on both sides
@@ -163,5 +163,5 @@ def test_precomputed_diffusers_embeds_match_without_an_encoder(engine, models_di
     torch.save(embeds, models_dir / "embeds" / "diffusers_plus_sd15.ipadpt")
     g = graph("sd15", [dict(adapter=file, weight=0.7)], embeds_file="diffusers_plus_sd15.ipadpt")
     assert not any(e.type == "CLIPVisionLoader" for e in g.nodes.values())
-    got = engine.run(g).outputs["ks"].latent.samples
+    got = engine.run(g).outputs["ks"].LATENT.samples
     assert diff(got, run_pipe(pipe, ip_adapter_image_embeds=embeds)) <= TOL

@@ -34,7 +34,7 @@ DIFFUSERS_SCHEDULERS = {
     "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
     "dpmpp_2m_sde": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}),
     "ddim": (DDIMScheduler, {}),
-    "uni_pc": (UniPCMultistepScheduler, {}),
+    "uni_pc": (UniPCMultistepScheduler, {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}),
     "lms": (LMSDiscreteScheduler, {}),
 }
 
@@ -92,12 +92,12 @@ def test_sd15_txt2img_matches_diffusers(engine, sampler, schedule):
     pipe = sd15_pipeline(result, sampler=sampler, schedule=schedule)
     expected = pipe(PROMPT, negative_prompt=NEGATIVE, height=64, width=64, num_inference_steps=8, guidance_scale=7.0,
                     generator=torch.Generator("cpu").manual_seed(7), output_type="latent").images
-    assert max_diff(result.outputs["ks"].latent.samples, expected) <= TOL
+    assert max_diff(result.outputs["ks"].LATENT.samples, expected) <= TOL
 
 
 def test_sd15_batch_and_non_square_matches_diffusers(engine):
     result = engine.run(txt2img_graph("tiny-sd15.safetensors", width=96, height=64, batch=2, seed=3))
-    got = result.outputs["ks"].latent.samples
+    got = result.outputs["ks"].LATENT.samples
     assert got.shape == (2, 4, 8, 12)
     pipe = sd15_pipeline(result)
     expected = pipe(PROMPT, negative_prompt=NEGATIVE, height=64, width=96, num_inference_steps=8, guidance_scale=7.0,
@@ -108,8 +108,8 @@ def test_sd15_batch_and_non_square_matches_diffusers(engine):
 
 
 def test_sd15_diffusers_folder_gives_the_same_latents(engine):
-    single = engine.run(txt2img_graph("tiny-sd15.safetensors")).outputs["ks"].latent.samples
-    folder = engine.run(txt2img_graph("tiny-sd15-diffusers")).outputs["ks"].latent.samples
+    single = engine.run(txt2img_graph("tiny-sd15.safetensors")).outputs["ks"].LATENT.samples
+    folder = engine.run(txt2img_graph("tiny-sd15-diffusers")).outputs["ks"].LATENT.samples
     assert max_diff(single, folder) <= TOL  # identical weights (tests/models); only memory layout differs
 
 
@@ -118,34 +118,35 @@ def test_sd15_no_guidance_matches_diffusers(engine):
     pipe = sd15_pipeline(result)
     expected = pipe(PROMPT, negative_prompt=NEGATIVE, height=64, width=64, num_inference_steps=8, guidance_scale=1.0,
                     generator=torch.Generator("cpu").manual_seed(7), output_type="latent").images
-    assert max_diff(result.outputs["ks"].latent.samples, expected) <= TOL
+    assert max_diff(result.outputs["ks"].LATENT.samples, expected) <= TOL
 
 
 def test_sd15_img2img_matches_diffusers(engine):
-    result = engine.run(txt2img_graph("tiny-sd15.safetensors", init_latent=True, denoise=0.6, steps=10))
-    init = result.outputs["enc"].latent.samples
+    # ComfyUI's denoise: 6 steps of a int(6 / 0.6) = 10-step schedule = diffusers' strength 0.6 of 10 steps
+    result = engine.run(txt2img_graph("tiny-sd15.safetensors", init_latent=True, denoise=0.6, steps=6))
+    init = result.outputs["enc"].LATENT.samples
     assert init.shape == (1, 4, 8, 8)
     pipe = sd15_pipeline(result, StableDiffusionImg2ImgPipeline)
     expected = pipe(PROMPT, image=init, strength=0.6, negative_prompt=NEGATIVE, num_inference_steps=10,
                     guidance_scale=7.0, generator=torch.Generator("cpu").manual_seed(7), output_type="latent").images
-    assert max_diff(result.outputs["ks"].latent.samples, expected) <= TOL
+    assert max_diff(result.outputs["ks"].LATENT.samples, expected) <= TOL
 
 
 def test_vae_encode_is_the_latent_mean(engine):
     result = engine.run(txt2img_graph("tiny-sd15.safetensors", init_latent=True, denoise=0.5))
     vae = result.outputs["ckpt"].vae
-    pixels = result.outputs["img"].image.permute(0, 3, 1, 2) * 2 - 1
+    pixels = result.outputs["img"].IMAGE.permute(0, 3, 1, 2) * 2 - 1
     expected = vae.vae.encode(pixels).latent_dist.mode() * vae.vae.config.scaling_factor
-    assert max_diff(result.outputs["enc"].latent.samples, expected) <= 1e-6
+    assert max_diff(result.outputs["enc"].LATENT.samples, expected) <= 1e-6
 
 
 def test_vae_decode_matches_diffusers_postprocess(engine):
     result = engine.run(txt2img_graph("tiny-sd15.safetensors"))
     vae = result.outputs["ckpt"].vae.vae
-    latents = result.outputs["ks"].latent.samples
+    latents = result.outputs["ks"].LATENT.samples
     decoded = vae.decode(latents / vae.config.scaling_factor).sample
     expected = (decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
-    assert max_diff(result.outputs["dec"].image, expected) <= 1e-6
+    assert max_diff(result.outputs["dec"].IMAGE, expected) <= 1e-6
 
 
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
@@ -155,32 +156,32 @@ def test_sdxl_txt2img_matches_diffusers(engine, sampler):
     expected = pipe(PROMPT, negative_prompt=NEGATIVE, height=96, width=64, num_inference_steps=8, guidance_scale=7.0,
                     num_images_per_prompt=2, generator=torch.Generator("cpu").manual_seed(7),
                     output_type="latent").images
-    assert max_diff(result.outputs["ks"].latent.samples, expected) <= TOL
+    assert max_diff(result.outputs["ks"].LATENT.samples, expected) <= TOL
 
 
 def test_sdxl_img2img_matches_diffusers(engine):
-    result = engine.run(txt2img_graph("tiny-sdxl.safetensors", init_latent=True, denoise=0.7, steps=10))
+    result = engine.run(txt2img_graph("tiny-sdxl.safetensors", init_latent=True, denoise=0.7, steps=7))
     pipe = sdxl_pipeline(result, StableDiffusionXLImg2ImgPipeline)
-    expected = pipe(PROMPT, image=result.outputs["enc"].latent.samples, strength=0.7, negative_prompt=NEGATIVE,
+    expected = pipe(PROMPT, image=result.outputs["enc"].LATENT.samples, strength=0.7, negative_prompt=NEGATIVE,
                     num_inference_steps=10, guidance_scale=7.0, generator=torch.Generator("cpu").manual_seed(7),
                     output_type="latent").images
-    assert max_diff(result.outputs["ks"].latent.samples, expected) <= TOL
+    assert max_diff(result.outputs["ks"].LATENT.samples, expected) <= TOL
 
 
 def test_sdxl_size_conditioning_matches_diffusers(engine):
     g = Graph()
     ck = g.add("LoadCheckpoint", id="ckpt", name="tiny-sdxl.safetensors")
     sizes = dict(width=1024, height=768, crop_w=8, crop_h=16, target_width=64, target_height=96)
-    pos = g.add("CLIPTextEncodeSDXL", id="pos", clip=ck.clip, text=PROMPT, **sizes)
-    neg = g.add("CLIPTextEncodeSDXL", id="neg", clip=ck.clip, text=NEGATIVE, **sizes)
+    pos = g.add("CLIPTextEncodeSDXL", id="pos", clip=ck.clip, text_g=PROMPT, text_l=PROMPT, **sizes)
+    neg = g.add("CLIPTextEncodeSDXL", id="neg", clip=ck.clip, text_g=NEGATIVE, text_l=NEGATIVE, **sizes)
     lat = g.add("EmptyLatentImage", id="lat", width=64, height=96)
     g.add("KSampler", id="ks", model=ck.model, positive=pos.conditioning, negative=neg.conditioning,
-          latent_image=lat.latent, seed=7, steps=6, cfg=7.0)
+          latent_image=lat.latent, seed=7, steps=6, cfg=7.0, scheduler="normal")
     result = engine.run(g, outputs=["ks"])
     expected = sdxl_pipeline(result)(PROMPT, negative_prompt=NEGATIVE, height=96, width=64, num_inference_steps=6,
                                      guidance_scale=7.0, original_size=(768, 1024), crops_coords_top_left=(16, 8),
                                      target_size=(96, 64), generator=torch.Generator("cpu").manual_seed(7),
                                      output_type="latent").images
-    assert max_diff(result.outputs["ks"].latent.samples, expected) <= TOL
+    assert max_diff(result.outputs["ks"].LATENT.samples, expected) <= TOL
     plain = engine.run(txt2img_graph("tiny-sdxl.safetensors", width=64, height=96, steps=6)).outputs["ks"]
-    assert max_diff(plain.latent.samples, expected) > 1e-3  # the size conditioning does change the result
+    assert max_diff(plain.LATENT.samples, expected) > 1e-3  # the size conditioning does change the result
