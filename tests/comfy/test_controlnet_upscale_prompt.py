@@ -37,13 +37,13 @@ def cn_graph(legacy: bool):
 
 
 def test_legacy_controlnet_apply_equals_advanced_on_both_sides(engine):
-    legacy = engine.run(cn_graph(True), outputs=["ks"]).outputs["ks"].latent.samples
-    advanced = engine.run(cn_graph(False), outputs=["ks"]).outputs["ks"].latent.samples
+    legacy = engine.run(cn_graph(True), outputs=["ks"]).outputs["ks"].LATENT.samples
+    advanced = engine.run(cn_graph(False), outputs=["ks"]).outputs["ks"].LATENT.samples
     g = cn_graph(False)
     del g.nodes["apply"]
     g.set("ks", "positive", g.ref("pos").CONDITIONING)
     g.set("ks", "negative", g.ref("neg").CONDITIONING)
-    plain = engine.run(g, outputs=["ks"]).outputs["ks"].latent.samples
+    plain = engine.run(g, outputs=["ks"]).outputs["ks"].LATENT.samples
     assert torch.equal(legacy, advanced)
     assert (legacy - plain).abs().max() > 1e-3  # the ControlNet acts
 
