@@ -75,6 +75,27 @@ def faceid_variant(path: Path, proj: dict, ip: dict) -> str:
     raise FaceIDFileError(f"{path.name} is not a FaceID IP-Adapter (no FaceID image_proj weights).")
 
 
+def faceid_info(path: Path, proj: dict, ip: dict) -> IPAdapterInfo:
+    """Describe a FaceID file from ``{name: shape}`` dicts (headers only), for the unified loaders' folder scan.
+
+    Tokens = rows of the projection's last linear layer / the UNet's context width (ProjModelFaceId and the
+    plus models both end in ``proj.2``: ``[tokens * D, ...]``).
+    """
+    if "perceiver_resampler.proj_in.weight" not in proj and "proj.2.weight" not in proj:
+        raise FaceIDFileError(f"{path.name} is a FaceID IP-Adapter of a layout ipgraph does not read (no "
+                              "perceiver_resampler or proj.2 image_proj weights).")
+    variant = faceid_variant(path, proj, ip)
+    ids = sorted({int(m.group(1)) for k in ip if (m := re.match(r"^(\d+)\.to_k_ip\.weight$", k))})
+    if not ids:
+        raise FaceIDFileError(f"{path.name} has no '.to_k_ip.weight' layers.")
+    widths = tuple(int(ip[f"{j}.to_k_ip.weight"][0]) for j in ids)
+    dim = int(ip[f"{ids[0]}.to_k_ip.weight"][1])
+    rows = int(proj["proj.2.weight"][0]) if "proj.2.weight" in proj else dim
+    return IPAdapterInfo(path=str(path), variant=variant, arch=_guess_arch(len(ids), dim), cross_attention_dim=dim,
+                         num_layers=len(ids), layer_widths=widths, encoder_input="face_embeds",
+                         encoder_width=FACE_EMBED_WIDTH, tokens=max(1, rows // dim))
+
+
 def _lora_of(path: Path, ip: dict, unet_names: list[str]) -> LoraFile | None:
     """The ``{i}.to_q_lora...`` weights as a LoRA in diffusers' processor layout (needs the processor names)."""
     ids = sorted({int(m.group(1)) for k in ip if (m := re.match(r"^(\d+)\.to_q_lora\.down\.weight$", k))})

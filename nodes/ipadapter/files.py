@@ -137,7 +137,8 @@ def _detect(path: str, proj: dict, ip: dict) -> IPAdapterInfo:
         )
     if any("lora" in k for k in ip) or "perceiver_resampler.proj_in.weight" in proj:
         raise IPAdapterFileError(
-            f"{Path(path).name} is a FaceID IP-Adapter, which ipgraph does not support yet."
+            f"{Path(path).name} is a FaceID IP-Adapter: load it with IPAdapterUnifiedLoaderFaceID or "
+            "LoadFaceIDAdapter and apply it with IPAdapterFaceID."
         )
     layer_ids = sorted({int(m.group(1)) for k in ip if (m := re.match(r"^(\d+)\.to_k_ip\.weight$", k))})
     if not layer_ids or layer_ids != list(range(1, 2 * len(layer_ids), 2)):
@@ -229,7 +230,7 @@ def inspect_ipadapter(path: str | Path) -> IPAdapterInfo:
     path = Path(path)
     if path.suffix != ".safetensors":
         proj, ip = _read_state(path)
-        return _detect(str(path), {k: v.shape for k, v in proj.items()}, {k: v.shape for k, v in ip.items()})
+        return _describe(path, {k: tuple(v.shape) for k, v in proj.items()}, {k: tuple(v.shape) for k, v in ip.items()})
     if not path.is_file():
         raise IPAdapterFileError(f"IP-Adapter file {path} does not exist.")
     try:
@@ -242,6 +243,15 @@ def inspect_ipadapter(path: str | Path) -> IPAdapterInfo:
             f"{path.name} could not be read as a safetensors file ({exc.__class__.__name__})."
         ) from exc
     proj, ip = _split(shapes)
+    return _describe(path, proj, ip)
+
+
+def _describe(path: Path, proj: dict, ip: dict) -> IPAdapterInfo:
+    """A FaceID file is described by the FaceID family (variants faceid, faceid-plus, ...; loaded by its nodes)."""
+    from ..faceid.files import faceid_info, is_faceid_state
+
+    if proj and ip and is_faceid_state(proj, ip):
+        return faceid_info(path, proj, ip)
     return _detect(str(path), proj, ip)
 
 
