@@ -13,10 +13,13 @@ from . import comfy  # noqa: F401
 from .animatediff import nodes as _animatediff  # noqa: F401
 from .controlnet import nodes as _controlnet  # noqa: F401
 from .diffusion import conditioning, conditioning_ops, custom_sampling, inpaint, latent, loaders, sampling  # noqa: F401
+from .faceid import nodes as _faceid  # noqa: F401
 from .image import batch, image_io, image_ops, mask  # noqa: F401
 from .ipadapter import clip_vision, embeds  # noqa: F401
 from .ipadapter import nodes as _ipadapter  # noqa: F401
 from .ipadapter import plus_nodes as _ipadapter_plus  # noqa: F401
+from .lora import merge as _merge  # noqa: F401
+from .lora import nodes as _lora  # noqa: F401
 from .training import nodes as _training  # noqa: F401
 from .video import nodes as _video  # noqa: F401
 

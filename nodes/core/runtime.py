@@ -19,9 +19,9 @@ from ipgraph.limits import Limits
 
 MODEL_KINDS = (
     "checkpoints", "vae", "clip_vision", "ipadapter", "controlnet", "embeds", "embeddings", "upscale_models",
-    "animatediff_models",
+    "animatediff_models", "loras", "insightface",
 )
-MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".ipadpt")
+MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".ipadpt", ".npy")
 
 
 class ModelNotFound(FileNotFoundError):

@@ -50,6 +50,8 @@ class ClipHandle:
 
     ``layer`` is ComfyUI's ``stop_at_clip_layer`` set by CLIPSetLastLayer (-1 = the last layer, -2 the one
     before, ...); None means the architecture's default (SD1.5: last, SDXL: penultimate), as ComfyUI.
+
+    ``patches`` (LoRA, merges) are installed around text encoding, as a MODEL's are around sampling.
     """
 
     text_encoders: tuple
@@ -57,9 +59,13 @@ class ClipHandle:
     arch: str
     source: str
     layer: int | None = None
+    patches: tuple = ()
 
     def with_layer(self, layer: int) -> ClipHandle:
         return replace(self, layer=layer)
+
+    def with_patch(self, patch: Any) -> ClipHandle:
+        return replace(self, patches=self.patches + (patch,))
 
     def cache_nbytes(self) -> int:
         return 0

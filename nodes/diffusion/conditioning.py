@@ -14,6 +14,7 @@ textual inversions from models/embeddings (see :mod:`.embeddings`).
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from pydantic import Field
 
 from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
 
+from ..core.patches import install_patches
 from ..core.runtime import file_fingerprint
 from ..core.types import SDXL, ClipHandle, Conditioning
 from ..core.widgets import runtime_of
@@ -120,7 +122,8 @@ def clip_set_last_layer(inp: SetLastLayerIn, ctx: NodeContext) -> ClipOut:
 def _encode(clip: ClipHandle, texts: tuple[str, ...], ctx: NodeContext,
             time_ids: torch.Tensor | None) -> Conditioning:
     runtime = runtime_of(ctx)
-    with runtime.models.on_device(clip.text_encoders):
+    with runtime.models.on_device(clip.text_encoders), ExitStack() as stack:
+        install_patches(stack, clip.text_encoders, clip.patches, None)  # LoRA / merges, undone on exit
         embeds, pooled = encode_text(clip, texts, runtime.device, runtime.model_folder("embeddings"))
     return Conditioning(embeds.cpu(), None if pooled is None else pooled.cpu(), time_ids)
 

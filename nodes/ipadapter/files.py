@@ -138,7 +138,8 @@ def _detect(path: str, proj: dict, ip: dict) -> IPAdapterInfo:
         )
     if any("lora" in k for k in ip) or "perceiver_resampler.proj_in.weight" in proj:
         raise IPAdapterFileError(
-            f"{Path(path).name} is a FaceID IP-Adapter, which ipgraph does not support yet."
+            f"{Path(path).name} is a FaceID IP-Adapter: load it with IPAdapterUnifiedLoaderFaceID or "
+            "LoadFaceIDAdapter and apply it with IPAdapterFaceID."
         )
     layer_ids = sorted({int(m.group(1)) for k in ip if (m := re.match(r"^(\d+)\.to_k_ip\.weight$", k))})
     if not layer_ids or layer_ids != list(range(1, 2 * len(layer_ids), 2)):
@@ -231,7 +232,7 @@ def inspect_ipadapter(path: str | Path) -> IPAdapterInfo:
     path = Path(path)
     if path.suffix != ".safetensors":
         proj, ip = _read_state(path)
-        return _detect(str(path), {k: v.shape for k, v in proj.items()}, {k: v.shape for k, v in ip.items()})
+        return _describe(path, {k: tuple(v.shape) for k, v in proj.items()}, {k: tuple(v.shape) for k, v in ip.items()})
     if not path.is_file():
         raise IPAdapterFileError(f"IP-Adapter file {path} does not exist.")
     try:
@@ -244,6 +245,61 @@ def inspect_ipadapter(path: str | Path) -> IPAdapterInfo:
             f"{path.name} could not be read as a safetensors file ({exc.__class__.__name__})."
         ) from exc
     proj, ip = _split(shapes)
+    return _describe(path, proj, ip)
+
+
+# -- FaceID files: their header rules live here so the unified loaders' folder scan can describe them;
+# nodes/faceid loads and applies them. ------------------------------------------------------------------
+
+FACE_EMBED_WIDTH = 512  # ArcFace (InsightFace buffalo_l / antelopev2) embedding width
+
+
+class FaceIDFileError(ValueError):
+    """Not a usable FaceID adapter; the message is a plain sentence."""
+
+
+def is_faceid_state(proj: dict, ip: dict) -> bool:
+    """ComfyUI_IPAdapter_plus's rule: perceiver_resampler, or proj.2 without proj.3, or LoRA weights."""
+    return ("perceiver_resampler.proj_in.weight" in proj or any("_lora." in k for k in ip)
+            or ("proj.2.weight" in proj and "proj.3.weight" not in proj))
+
+
+def faceid_variant(path: Path, proj: dict, ip: dict) -> str:
+    if "perceiver_resampler.proj_in.weight" in proj:
+        return "faceid-plusv2" if "plusv2" in path.name.lower() else "faceid-plus"
+    if "proj.2.weight" in proj and "norm.weight" in proj:
+        if "unnorm" in path.name.lower():
+            raise FaceIDFileError(f"{path.name} is a FaceID portrait-unnorm adapter, which ipgraph does not "
+                                  "support; use the normalised portrait adapter.")
+        return "faceid" if any("_lora." in k for k in ip) else "faceid-portrait"
+    raise FaceIDFileError(f"{path.name} is not a FaceID IP-Adapter (no FaceID image_proj weights).")
+
+
+def faceid_info(path: Path, proj: dict, ip: dict) -> IPAdapterInfo:
+    """Describe a FaceID file from ``{name: shape}`` dicts (headers only), for the unified loaders' folder scan.
+
+    Tokens = rows of the projection's last linear layer / the UNet's context width (ProjModelFaceId and the
+    plus models both end in ``proj.2``: ``[tokens * D, ...]``).
+    """
+    if "perceiver_resampler.proj_in.weight" not in proj and "proj.2.weight" not in proj:
+        raise FaceIDFileError(f"{path.name} is a FaceID IP-Adapter of a layout ipgraph does not read (no "
+                              "perceiver_resampler or proj.2 image_proj weights).")
+    variant = faceid_variant(path, proj, ip)
+    ids = sorted({int(m.group(1)) for k in ip if (m := re.match(r"^(\d+)\.to_k_ip\.weight$", k))})
+    if not ids:
+        raise FaceIDFileError(f"{path.name} has no '.to_k_ip.weight' layers.")
+    widths = tuple(int(ip[f"{j}.to_k_ip.weight"][0]) for j in ids)
+    dim = int(ip[f"{ids[0]}.to_k_ip.weight"][1])
+    rows = int(proj["proj.2.weight"][0]) if "proj.2.weight" in proj else dim
+    return IPAdapterInfo(path=str(path), variant=variant, arch=_guess_arch(len(ids), dim), cross_attention_dim=dim,
+                         num_layers=len(ids), layer_widths=widths, encoder_input="face_embeds",
+                         encoder_width=FACE_EMBED_WIDTH, tokens=max(1, rows // dim))
+
+
+def _describe(path: Path, proj: dict, ip: dict) -> IPAdapterInfo:
+    """A FaceID file is described by the FaceID family (variants faceid, faceid-plus, ...; loaded by its nodes)."""
+    if proj and ip and is_faceid_state(proj, ip):
+        return faceid_info(path, proj, ip)
     return _detect(str(path), proj, ip)
 
 

@@ -99,8 +99,9 @@ def load_preset(runtime, model: ModelHandle, preset: str, chained=None) -> IPAda
         adapter = chained.adapter
     else:
         adapter = runtime.models.load(("ipadapter", str(a_path)), lambda: load_ipadapter(a_path))
-    if isinstance(chained, IPAdapterPipeline) and chained.clip_vision and chained.clip_vision.source == str(c_path):
-        cv = chained.clip_vision
+    chained_cv = getattr(chained, "clip_vision", None)  # an IPAdapterPipeline or the FaceID loader's pipeline
+    if chained_cv is not None and chained_cv.source == str(c_path):
+        cv = chained_cv
     else:
         cv = _load_clip_vision(runtime, c_path)
     return IPAdapterPipeline(adapter, cv, preset)

@@ -175,7 +175,8 @@ def describe_adapter(name: str, info) -> str:
     if isinstance(info, Exception):
         return _why(name, info)
     fam = adapter_family(info)
-    kind = "image_embeds" if info.encoder_input == "image_embeds" else "penultimate hidden states"
+    kind = {"image_embeds": "image_embeds", "face_embeds": "InsightFace face embeddings"}.get(
+        info.encoder_input, "penultimate hidden states")
     enc = f"{fam} " if fam else ""
     return (f"{name}: {info.variant} adapter for {ARCH_NAMES.get(info.arch, 'an unknown base model')}, needs "
             f"{enc}{kind} of width {info.encoder_width}")

@@ -19,6 +19,8 @@ def write_all(models_dir: Path) -> list[Path]:
     """Write (or confirm) every tiny model; returns their paths. Files already written are left alone."""
     from .animatediff import write_tiny_motion_modules
     from .controlnet import write_tiny_controlnets
+    from .faceid import write_tiny_faceid
+    from .insightface import write_tiny_insightface
     from .ipadapter import (
         tiny_ipadapter_paths,
         tiny_ipadapters_fresh,
@@ -27,22 +29,27 @@ def write_all(models_dir: Path) -> list[Path]:
         write_tiny_ipadapters,
         write_tiny_preset_ipadapters,
     )
+    from .lora import write_tiny_loras
     from .sd import build_tiny, ensure_tiny_models
     from .upscale import write_tiny_upscale_models
 
     with _lock:
         paths = list(ensure_tiny_models(models_dir).values())
         paths += list(write_tiny_clip_vision(models_dir).values())
+        built = {"sd15": build_tiny("sd15"), "sdxl": build_tiny("sdxl")}
+        unets = {kind: parts["unet"] for kind, parts in built.items()}
         presets = tiny_preset_ipadapter_paths(models_dir)
         if tiny_ipadapters_fresh(models_dir) and all(p.exists() for p in presets.values()):
             paths += list(tiny_ipadapter_paths(models_dir).values()) + list(presets.values())
-        else:  # building the two UNets costs a second: only when a file is missing or stale
-            unets = {"sd15": build_tiny("sd15")["unet"], "sdxl": build_tiny("sdxl")["unet"]}
+        else:
             paths += list(write_tiny_ipadapters(models_dir, unets).values())
             paths += list(write_tiny_preset_ipadapters(models_dir, unets).values())
         paths += list(write_tiny_controlnets(models_dir).values())
         paths += list(write_tiny_upscale_models(models_dir).values())
         paths += list(write_tiny_motion_modules(models_dir).values())
+        paths += list(write_tiny_loras(models_dir, built).values())
+        paths += list(write_tiny_faceid(models_dir, unets).values())
+        paths += list(write_tiny_insightface(models_dir).values())
     return paths
 
 

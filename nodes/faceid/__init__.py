@@ -1,0 +1,1 @@
+"""FaceID IP-Adapters (face-ID embeddings, their projection models, their LoRA) and InsightFace."""

@@ -1,0 +1,139 @@
+"""Tiny LoRA files for the tiny SD1.5 / SDXL models, in the layouts users download.
+
+* ``tiny-sd15-lora-kohya.safetensors``: sd-scripts SD1.5 (``lora_unet_`` in diffusers naming, ``lora_te_``,
+  ``.alpha``), fp16 as sd-scripts saves.
+* ``tiny-sd15-lora-peft.safetensors``: diffusers ``save_lora_weights`` layout (``unet.``/``text_encoder.``,
+  ``lora_A``/``lora_B``).
+* ``tiny-sdxl-lora-kohya.safetensors``: sd-scripts SDXL (``lora_unet_input_blocks_4_1_...`` original naming,
+  ``lora_te1_``/``lora_te2_``); ``tiny-sdxl-lora-peft.safetensors`` (``text_encoder_2.`` too).
+* ``tiny-sd15-locon.safetensors``: kohya LoCon (also the resnet convs, original naming, one with a Tucker mid);
+  ``tiny-sd15-loha.safetensors`` / ``tiny-sd15-lokr.safetensors``: LyCORIS LoHa / LoKr.
+
+Random factors (fixed seeds) scaled so that a LoRA visibly changes the tiny models' output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ..lora.files import flat
+from ..models.single_file import unet_to_original
+from .common import atomic_write
+
+GENERATOR_VERSION = 1
+ATTN = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v",
+        "attn2.to_out.0", "ff.net.0.proj", "ff.net.2")
+TE = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2")
+
+
+def _targets(module, endings) -> dict[str, torch.Tensor]:
+    return {n: m.weight for n, m in module.named_modules() if n.endswith(endings) and hasattr(m, "weight")}
+
+
+def _pair(weight: torch.Tensor, rank: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    out, inp = weight.shape[0], weight[0].numel()
+    down = torch.randn(rank, inp, generator=g) / inp ** 0.5
+    up = torch.randn(out, rank, generator=g) * 0.3
+    if weight.ndim == 4:
+        down = down.reshape(rank, *weight.shape[1:])
+        up = up[:, :, None, None]
+    return down, up
+
+
+def kohya_lora(unet, text_encoders, seed: int, rank=4, ldm_names=False, dtype=torch.float16) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+    names = {n: n for n in _targets(unet, ATTN)}
+    if ldm_names:
+        ldm = unet_to_original({f"{n}.weight": f"{n}.weight" for n in names}, unet.config)
+        names = {v[: -len(".weight")]: k[: -len(".weight")] for k, v in ldm.items()}
+    weights = _targets(unet, ATTN)
+    for n, original in names.items():
+        down, up = _pair(weights[n], rank, g)
+        key = "lora_unet_" + flat(original)
+        sd.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
+                   f"{key}.alpha": torch.tensor(float(rank) / 2)})
+    prefixes = ["lora_te_"] if len(text_encoders) == 1 else ["lora_te1_", "lora_te2_"]
+    for prefix, enc in zip(prefixes, text_encoders, strict=True):
+        for n, w in _targets(enc, TE).items():
+            down, up = _pair(w, rank, g)
+            key = prefix + flat(n if n.startswith("text_model.") else "text_model." + n)
+            sd.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
+                       f"{key}.alpha": torch.tensor(float(rank))})
+    return {k: v.to(dtype) for k, v in sd.items()}
+
+
+def peft_lora(unet, text_encoders, seed: int, rank=4) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+    for n, w in _targets(unet, ATTN).items():
+        down, up = _pair(w, rank, g)
+        sd.update({f"unet.{n}.lora_A.weight": down, f"unet.{n}.lora_B.weight": up})
+    for prefix, enc in zip(("text_encoder", "text_encoder_2"), text_encoders, strict=False):
+        for n, w in _targets(enc, TE).items():
+            down, up = _pair(w, rank, g)
+            n = n if n.startswith("text_model.") else "text_model." + n
+            sd.update({f"{prefix}.{n}.lora_A.weight": down, f"{prefix}.{n}.lora_B.weight": up})
+    return sd
+
+
+def lycoris(unet, kind: str, seed: int, rank=4) -> dict:
+    """LoCon (attention + resnet convs), LoHa or LoKr on the attention layers, kohya prefixes."""
+    g = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+    endings = ATTN + (("conv1", "conv2") if kind == "locon" else ())
+    weights = _targets(unet, endings)
+    ldm = unet_to_original({f"{n}.weight": f"{n}.weight" for n in weights}, unet.config)
+    tucker_done = False
+    for original_w, name_w in ldm.items():
+        w = weights[name_w[: -len(".weight")]]
+        key = "lora_unet_" + flat(original_w[: -len(".weight")])
+        sd[f"{key}.alpha"] = torch.tensor(float(rank) / 2)
+        if kind == "locon":
+            down, up = _pair(w, rank, g)
+            if w.ndim == 4 and "out_layers_3" in key and not tucker_done:  # one Tucker-decomposed conv
+                tucker_done = True
+                sd[f"{key}.lora_mid.weight"] = torch.randn(rank, rank, *w.shape[2:], generator=g) * 0.3
+                down = torch.randn(rank, w.shape[1], 1, 1, generator=g) / w.shape[1] ** 0.5
+            sd.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up})
+        elif kind == "loha":
+            out, inp = w.shape[0], w[0].numel()
+            for i in (1, 2):
+                sd[f"{key}.hada_w{i}_a"] = torch.randn(out, rank, generator=g) * 0.5
+                sd[f"{key}.hada_w{i}_b"] = torch.randn(rank, inp, generator=g) / inp ** 0.5
+        else:  # lokr: w1 whole [2, 2] (factor), w2 = a @ b
+            out, inp = w.shape[0], w[0].numel()
+            sd[f"{key}.lokr_w1"] = torch.randn(2, 2, generator=g)
+            sd[f"{key}.lokr_w2_a"] = torch.randn(out // 2, rank, generator=g) * 0.3
+            sd[f"{key}.lokr_w2_b"] = torch.randn(rank, inp // 2, generator=g) / inp ** 0.5
+    return sd
+
+
+def write_tiny_loras(models_dir: Path, models: dict) -> dict[str, Path]:
+    """Write every tiny LoRA into ``models_dir/loras``; ``models`` maps "sd15"/"sdxl" to build_tiny dicts."""
+    folder = Path(models_dir) / "loras"
+    sd15, sdxl = models["sd15"], models["sdxl"]
+    te15 = (sd15["text_encoder"],)
+    texl = (sdxl["text_encoder"], sdxl["text_encoder_2"])
+    makers = {
+        "tiny-sd15-lora-kohya.safetensors": lambda: kohya_lora(sd15["unet"], te15, 100),
+        "tiny-sd15-lora-peft.safetensors": lambda: peft_lora(sd15["unet"], te15, 101),
+        "tiny-sdxl-lora-kohya.safetensors": lambda: kohya_lora(sdxl["unet"], texl, 102, ldm_names=True),
+        "tiny-sdxl-lora-peft.safetensors": lambda: peft_lora(sdxl["unet"], texl, 103),
+        "tiny-sd15-locon.safetensors": lambda: lycoris(sd15["unet"], "locon", 104),
+        "tiny-sd15-loha.safetensors": lambda: lycoris(sd15["unet"], "loha", 105),
+        "tiny-sd15-lokr.safetensors": lambda: lycoris(sd15["unet"], "lokr", 106),
+    }
+    out = {}
+    for name, make in makers.items():
+        dest = folder / name
+        stamp = dest.with_name(f".{name}.v{GENERATOR_VERSION}")
+        if not (dest.exists() and stamp.exists()):
+            tensors = {k: v.contiguous() for k, v in make().items()}
+            atomic_write(dest, lambda tmp, t=tensors: save_file(t, str(tmp), metadata={"format": "pt"}))
+            stamp.touch()
+        out[name] = dest
+    return out
