@@ -366,7 +366,8 @@ def ksampler_advanced(inp: KSamplerAdvancedIn, ctx: NodeContext) -> LatentOut:
 def sample_node(ctx: NodeContext, model: ModelHandle, positive, negative, latent: Latent, *, cfg, sampler, plan,
                 seed, runtime, add_noise: bool = True) -> SampleResult:
     """What every sampler node does: move the models to the device, sample, report progress."""
-    check_job_size(latent, max(0, plan.stop - plan.start), runtime)
+    steps = plan.stop - plan.start if isinstance(plan, Plan) else len(plan) - 1  # a Plan, or SIGMAS
+    check_job_size(latent, max(0, steps), runtime)
     latent = with_inpaint_concat(latent, model)
     conds = [c for c in (positive, negative) if c is not None]
     with runtime.models.on_device(model.unet, *_control_models(*conds)):
