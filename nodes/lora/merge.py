@@ -14,6 +14,7 @@ strength_patch·w2``, applied key by key over model2's weights, model2's own LoR
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pydantic import Field
@@ -23,6 +24,8 @@ from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket,
 from ..core.types import ClipHandle, ModelHandle
 from ..models.single_file import unet_to_original
 from .patch import WeightOf, WeightPatch, named_weights
+
+log = logging.getLogger(__name__)
 
 CATEGORY = "advanced/model_merging"
 RATIO = dict(ge=0.0, le=1.0, json_schema_extra={"step": 0.01})
@@ -37,10 +40,12 @@ def _shared(target1, target2, what: str, skip=()) -> list[str]:
     w1, w2 = named_weights(target1), named_weights(target2)
     names = [n for n in w2 if not n.endswith(skip)]
     wrong = [n for n in names if n not in w1 or w1[n].shape != w2[n].shape]
-    if wrong:
+    if len(wrong) > max(4, len(names) // 100):
         raise ValueError(f"input {what}2: the two models have different architectures ({len(wrong)} weights "
                          f"differ, first: {wrong[0]}); merge models of the same kind.")
-    return names
+    if wrong:  # ComfyUI's rule: a few mismatched weights (an inpainting model's conv_in) stay unmerged
+        log.warning("%s merge: %d weight(s) of other shapes left unmerged: %s", what, len(wrong), ", ".join(wrong))
+    return [n for n in names if n not in wrong]
 
 
 def merge_model(model1: ModelHandle, model2: ModelHandle, strength_patch, strength_model) -> ModelHandle:
