@@ -33,7 +33,7 @@ def unreadable_reason(path: Path) -> str | None:
                 (length,) = struct.unpack("<Q", head)
                 if length > min(MAX_HEADER_BYTES, size - 8):
                     return (f"{path.name} is not a readable safetensors file: its header claims {length} bytes "
-                            f"but the file has {size} (truncated, or not safetensors)")
+                            f"but the file has {size} (corrupt or truncated, or not safetensors)")
                 header = json.loads(f.read(length))
                 ends = [v["data_offsets"][1] for k, v in header.items()
                         if k != "__metadata__" and isinstance(v, dict) and len(v.get("data_offsets", ())) == 2]
