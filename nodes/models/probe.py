@@ -41,7 +41,7 @@ def unreadable_reason(path: Path) -> str | None:
                     return (f"{path.name} is truncated: its header describes {8 + length + max(ends)} bytes but the "
                             f"file has {size} (an interrupted download?)")
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        return f"{path.name} is not a readable safetensors file ({type(exc).__name__}); it may be corrupt"
+        return f"{path.name} could not be read: it is not a readable safetensors file ({type(exc).__name__}); it may be corrupt"
     if suffix in PICKLE_SUFFIXES and suffix != ".ipadpt" and not (head.startswith(ZIP_MAGIC) or
                                                                  head.startswith(PICKLE_MAGIC)):
         return f"{path.name} is not a PyTorch file: its first bytes are neither a zip archive nor a pickle"
