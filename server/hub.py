@@ -12,7 +12,6 @@ import json
 import struct
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 from fastapi import WebSocket
 
@@ -107,38 +106,3 @@ class Hub:
 
     def has(self, sid: str | None) -> bool:
         return sid is not None and sid in self.clients
-
-
-def encode_preview(image: Any, max_side: int = 512) -> tuple[bytes, str] | None:
-    """A PIL image (or anything with ``save``) as JPEG bytes; None when it cannot be encoded.
-
-    ``(format, image, max_side)`` (ComfyUI's progress-bar form; SaveImageWebsocket sends ``("PNG", image,
-    None)``) picks the format and the size limit: None keeps the full size.
-    """
-    import io
-
-    if isinstance(image, tuple) and len(image) == 3:
-        fmt, img, limit = image
-        if str(fmt).upper() == "PNG":
-            try:
-                if limit and max(img.size) > limit:
-                    img = img.copy()
-                    img.thumbnail((limit, limit))
-                buf = io.BytesIO()
-                img.save(buf, format="PNG", compress_level=1)
-                return buf.getvalue(), "image/png"
-            except Exception:
-                return None
-        image, max_side = img, (limit or 1 << 30)
-    try:
-        img = image
-        if max(img.size) > max_side:
-            img = img.copy()
-            img.thumbnail((max_side, max_side))
-        if img.mode not in ("RGB", "L"):
-            img = img.convert("RGB")
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=85)
-        return buf.getvalue(), "image/jpeg"
-    except Exception:
-        return None

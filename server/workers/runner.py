@@ -24,17 +24,29 @@ WireSink = Callable[[dict], None]
 
 
 def encode_preview(image: Any, max_side: int = 512) -> dict | None:
-    """A PIL image as ``{"data": JPEG bytes, "mime"}``; None when it cannot be encoded."""
+    """A preview as ``{"data": bytes, "mime"}``; None when it cannot be encoded.
+
+    A PIL image becomes a JPEG no larger than ``max_side``. ``(format, image, max_side)`` (ComfyUI's
+    progress-bar form; SaveImageWebsocket sends ``("PNG", image, None)``) picks the format and the size limit:
+    None keeps the full size.
+    """
     import io
 
+    fmt = "JPEG"
+    if isinstance(image, tuple) and len(image) == 3:
+        fmt, image, limit = str(image[0]).upper(), image[1], image[2]
+        max_side = limit or 1 << 30
     try:
         img = image
         if max(img.size) > max_side:
             img = img.copy()
             img.thumbnail((max_side, max_side))
+        buf = io.BytesIO()
+        if fmt == "PNG":
+            img.save(buf, format="PNG", compress_level=1)
+            return {"data": buf.getvalue(), "mime": "image/png"}
         if img.mode not in ("RGB", "L"):
             img = img.convert("RGB")
-        buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=85)
         return {"data": buf.getvalue(), "mime": "image/jpeg"}
     except Exception:

@@ -47,9 +47,9 @@ def map_model(kind: str, name: str) -> str:
     if kind == "clip_vision":
         return "tiny-clip-vision.safetensors"
     if kind == "loras":
-        return "tiny-lora-sdxl.safetensors" if SDXL.search(name) else "tiny-lora-sd15.safetensors"
+        return "tiny-sdxl-lora-kohya.safetensors" if SDXL.search(name) else "tiny-sd15-lora-kohya.safetensors"
     if kind == "upscale_models":
-        return "tiny-esrgan-x2.safetensors" if "x2" in name.lower() else "tiny-esrgan-x4.safetensors"
+        return "tiny-RealESRGAN_x4.pth"  # the one tiny upscaler (x2 models too: the graphs rescale after it)
     return name
 
 
