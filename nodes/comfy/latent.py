@@ -2,7 +2,7 @@
 RepeatLatentBatch, LatentFromBatch. LATENT is ipgraph's :class:`Latent`; every node returns a new one, the
 noise mask and inpainting concat carried along as ComfyUI carries ``noise_mask``.
 
-Left out: the ``bislerp`` upscale method and ComfyUI's ``batch_index`` bookkeeping (ipgraph's KSampler draws
+Left out: ComfyUI's ``batch_index`` bookkeeping (ipgraph's KSampler draws
 one noise tensor for the whole batch; see the README).
 """
 
@@ -19,7 +19,7 @@ from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket,
 from ..core.types import Latent
 from ..image.image_ops import MAX_SIDE, common_upscale
 
-LatentMethod = Literal["nearest-exact", "bilinear", "area", "bicubic"]
+LatentMethod = Literal["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
 
 
 class LatentOut(NodeOutputs):

@@ -149,7 +149,48 @@ def common_upscale(x: torch.Tensor, width: int, height: int, method: str, crop: 
         x = center_crop_to_aspect(x, width, height)
     if method == "lanczos":
         return _lanczos(x, width, height)
+    if method == "bislerp":
+        return bislerp(x, width, height)
     return F.interpolate(x, size=(height, width), mode=method)
+
+
+def bislerp(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """ComfyUI's ``bislerp`` latent resize: bilinear sampling positions, but neighbouring channel vectors are
+    joined by spherical interpolation instead of a straight line (width first, then height).
+
+    Between the vectors ``a`` and ``b`` at ratio ``r``: ``slerp(â, b̂, r) * (|a|(1-r) + |b|r)`` with ``â = a/|a|``
+    (0 for a zero vector); ``a`` itself where the directions agree (dot > 1-1e-5), the straight line where they
+    are opposite (dot < -1+1e-5). Positions are those of ``F.interpolate(mode="bilinear")`` on the index ramp:
+    ``floor(p)`` and its right neighbour (the last index repeats), ratio ``p - floor(p)``. Computed in fp32.
+    """
+    dtype = x.dtype
+    out = _slerp_resize(_slerp_resize(x.float(), width, dim=3), height, dim=2)
+    return out.to(dtype)
+
+
+def _slerp_resize(x: torch.Tensor, new_len: int, dim: int) -> torch.Tensor:
+    old_len = x.shape[dim]
+    ramp = torch.arange(old_len, dtype=torch.float32, device=x.device).reshape(1, 1, 1, -1)
+    pos = F.interpolate(ramp, size=(1, new_len), mode="bilinear").flatten()
+    nxt = ramp + 1
+    nxt[..., -1] -= 1
+    right = F.interpolate(nxt, size=(1, new_len), mode="bilinear").flatten().to(torch.int64)
+    ratio, left = pos - pos.floor(), pos.to(torch.int64)
+    a = x.index_select(dim, left).movedim(1, -1)  # channel vectors last
+    b = x.index_select(dim, right).movedim(1, -1)
+    shape = [1] * a.ndim
+    shape[dim - 1] = new_len  # the resized axis, once channels moved last
+    r = ratio.reshape(shape)
+    na, nb = a.norm(dim=-1, keepdim=True), b.norm(dim=-1, keepdim=True)
+    ua = torch.where(na == 0, torch.zeros_like(a), a / na)
+    ub = torch.where(nb == 0, torch.zeros_like(b), b / nb)
+    dot = (ua * ub).sum(-1, keepdim=True)
+    omega = torch.acos(dot)
+    so = torch.sin(omega)
+    out = (torch.sin((1 - r) * omega) / so * ua + torch.sin(r * omega) / so * ub) * (na * (1 - r) + nb * r)
+    out = torch.where(dot > 1 - 1e-5, a, out)
+    out = torch.where(dot < 1e-5 - 1, a * (1 - r) + b * r, out)
+    return out.movedim(-1, 1).contiguous()
 
 
 def scale_image(image: torch.Tensor, width: int, height: int, method: str = "nearest-exact",

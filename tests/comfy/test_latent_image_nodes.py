@@ -52,6 +52,29 @@ def test_latent_blend_and_resize_of_the_second():
     assert torch.allclose(out, a.samples * 0.5 + resized * 0.5)
 
 
+def test_bislerp_joins_neighbours_on_the_sphere():
+    """LatentUpscaleBy(bislerp): at the bilinear sampling positions, neighbouring channel vectors are slerped
+    with the magnitudes interpolated linearly; the same direction keeps the left vector (ComfyUI's rule)."""
+    e1, e2 = torch.tensor([1.0, 0, 0, 0]), torch.tensor([0, 2.0, 0, 0])
+    a = Latent(torch.stack([e1, e2], dim=-1).reshape(1, 4, 1, 2))
+    out = call("LatentUpscaleBy", samples=a, upscale_method="bislerp", scale_by=2.0).LATENT.samples
+    assert out.shape == (1, 4, 2, 4)
+    pos = F.interpolate(torch.arange(2.0).reshape(1, 1, 1, 2), size=(1, 4), mode="bilinear").flatten()
+    for i, p in enumerate(pos.tolist()):
+        r = p - int(p)
+        if int(p) == 1:  # the last index pairs with itself: the same direction, the left vector
+            expected = e2
+        else:
+            angle = torch.tensor(torch.pi / 2)
+            unit = torch.sin((1 - r) * angle) * e1 + torch.sin(r * angle) * (e2 / 2)
+            expected = unit * (1 * (1 - r) + 2 * r)
+        assert torch.allclose(out[0, :, 0, i], expected, atol=1e-6), (i, p)
+        assert torch.allclose(out[0, :, 1, i], out[0, :, 0, i])  # rows: one source row, repeated
+    same = lat(h=4, w=4, seed=9)
+    assert torch.allclose(call("LatentUpscaleBy", samples=same, upscale_method="bislerp", scale_by=1.0)
+                          .LATENT.samples, same.samples)
+
+
 def test_latent_upscale_rules_and_batch_nodes():
     a = lat(b=3, h=8, w=16, noise_mask=torch.ones(3, 1, 8, 16))
     up = call("LatentUpscale", samples=a, upscale_method="bilinear", width=0, height=128, crop="disabled").LATENT

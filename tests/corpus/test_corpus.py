@@ -52,7 +52,26 @@ def corpus_runtime(models_dir, tmp_path_factory):
             if node["class_type"] in ("LoadImage", "LoadImageMask") and isinstance(name, str):
                 asset = "inpaint_scene.png" if "inpaint" in name or "outpaint" in name else "scene.png"
                 shutil.copy(ASSETS / asset, runtime.input_dir / name)
+    _write_named_embeddings(runtime.models_dir / "embeddings", runtime.models_dir / "checkpoints")
     return runtime
+
+
+def _write_named_embeddings(folder: Path, checkpoints: Path) -> None:
+    """The textual inversions the workflows name (``embedding:SDA768.pt``), as A1111 ``.pt`` files of random
+    vectors as wide as the tiny SD1.5 text encoder (what a user has downloaded into models/embeddings)."""
+    import torch
+    from safetensors import safe_open
+
+    key = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
+    with safe_open(str(checkpoints / "tiny-sd15.safetensors"), "pt") as f:
+        width = f.get_slice(key).get_shape()[-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted((HERE / "workflows").glob("*.json")):
+        for name in re.findall(r"embedding:([\w.\-]+)", path.read_text()):
+            target = folder / (name if name.endswith((".pt", ".safetensors", ".bin")) else f"{name}.pt")
+            if not target.exists():
+                vectors = torch.randn(2, width, generator=torch.Generator().manual_seed(len(name)))
+                torch.save({"string_to_param": {"*": vectors}, "name": target.stem}, target)
 
 
 @pytest.fixture(scope="module")
