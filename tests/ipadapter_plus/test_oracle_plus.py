@@ -12,41 +12,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image
-from transformers import CLIPImageProcessor
 
 from ipgraph.nodes.core.runtime import ASSETS_DIR
-from ipgraph.nodes.ipadapter import describe_unet, load_clip_vision
+from ipgraph.nodes.ipadapter import describe_unet
 from ipgraph.nodes.ipadapter.presets import UNIFIED_PRESETS, resolve, scan
-from ipgraph.nodes.models.single_file import load_checkpoint
 
+from ..diffusers_pipes import CKPT, ip_adapter_pipeline
 from ._api import Prompt, latent, out, txt2img
 
 pytestmark = pytest.mark.slow
 TOL = 1e-4
-CKPT = {"sd15": "tiny-sd15.safetensors", "sdxl": "tiny-sdxl.safetensors"}
 PROMPT, NEGATIVE, STEPS, CFG, SEED = "a polar bear", "blurry", 3, 6.0, 3
-
-
-def pipeline(models_dir, arch, adapter, encoder="tiny-clip-vision.safetensors"):
-    ckpt = load_checkpoint(models_dir / "checkpoints" / CKPT[arch])
-    enc = load_clip_vision(models_dir / "clip_vision" / encoder)
-    fe = CLIPImageProcessor(size=224, crop_size=224)
-    sched = EulerDiscreteScheduler.from_config(ckpt.scheduler_config)
-    if arch == "sd15":
-        pipe = StableDiffusionPipeline(vae=ckpt.vae, text_encoder=ckpt.text_encoders[0], tokenizer=ckpt.tokenizers[0],
-                                       unet=ckpt.unet, scheduler=sched, safety_checker=None, feature_extractor=fe,
-                                       image_encoder=enc, requires_safety_checker=False)
-    else:
-        pipe = StableDiffusionXLPipeline(vae=ckpt.vae, text_encoder=ckpt.text_encoders[0],
-                                         text_encoder_2=ckpt.text_encoders[1], tokenizer=ckpt.tokenizers[0],
-                                         tokenizer_2=ckpt.tokenizers[1], unet=ckpt.unet, scheduler=sched,
-                                         image_encoder=enc, feature_extractor=fe)
-    pipe.load_ip_adapter(str(models_dir / "ipadapter"), subfolder="", weight_name=adapter,
-                         image_encoder_folder=None, low_cpu_mem_usage=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def run_pipe(pipe, **kw):
@@ -85,7 +62,7 @@ def test_several_images_for_one_adapter_match_diffusers_image_list(engine, model
     got = latent(engine.run(advanced("sd15", adapter, "tiny-clip-vision.safetensors", names).graph()))
     one = latent(engine.run(advanced("sd15", adapter, "tiny-clip-vision.safetensors", names[:1]).graph()))
     assert diff(got, one) > 1e-3  # the other images really count
-    pipe = pipeline(models_dir, "sd15", adapter)
+    pipe = ip_adapter_pipeline(models_dir, "sd15", [adapter])
     pipe.set_ip_adapter_scale(0.7)
     assert diff(got, run_pipe(pipe, ip_adapter_image=[[asset(n) for n in names]])) <= TOL
 
@@ -107,7 +84,7 @@ def test_averaged_embeds_match_diffusers_mean_of_its_embeds(engine, models_dir):
                 neg_embed=out(encs[0], 1))
     txt2img(p, out(app), ck, steps=STEPS, seed=SEED, cfg=CFG)
     got = latent(engine.run(p.graph()))
-    pipe = pipeline(models_dir, "sd15", adapter)
+    pipe = ip_adapter_pipeline(models_dir, "sd15", [adapter])
     pipe.set_ip_adapter_scale(0.8)
     with torch.no_grad():
         e = pipe.prepare_ip_adapter_image_embeds([[asset("ipa_pet.png"), asset("ipa_style.png")]], None, "cpu", 1,
@@ -148,6 +125,6 @@ def test_simple_with_each_preset_equals_advanced_on_its_files_and_diffusers(engi
     encoder = found.encoder_name
     if not encoder.endswith(".safetensors"):  # the diffusers-folder copy of the same encoder
         encoder = "tiny-clip-vision.safetensors"
-    pipe = pipeline(models_dir, arch, found.adapter_name, encoder)
+    pipe = ip_adapter_pipeline(models_dir, arch, [found.adapter_name], encoder)
     pipe.set_ip_adapter_scale(0.6)
     assert diff(got, run_pipe(pipe, ip_adapter_image=asset("ipa_bear_ref.png"))) <= TOL

@@ -1,8 +1,6 @@
 """IP-Adapter graphs vs diffusers' ``load_ip_adapter`` pipelines on the SAME files (tiny models, CPU, fp32).
 
-diffusers' ``load_ip_adapter`` rewrites the UNet it is given (processors, ``encoder_hid_proj``), so every
-diffusers pipeline here is built from a FRESH load of the checkpoint and a fresh encoder; the engine's shared
-modules are never touched. Adapters are loaded with ``low_cpu_mem_usage=False`` so a missing key raises.
+The diffusers side is :func:`tests.diffusers_pipes.ip_adapter_pipeline`: fresh modules, diffusers' own loading.
 """
 
 from __future__ import annotations
@@ -11,21 +9,17 @@ import json
 
 import pytest
 import torch
-from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.image_processor import IPAdapterMaskProcessor
 from PIL import Image
-from transformers import CLIPImageProcessor
 
 from ipgraph.engine import Graph
 from ipgraph.nodes.core.runtime import ASSETS_DIR
-from ipgraph.nodes.ipadapter import load_clip_vision
-from ipgraph.nodes.models.single_file import load_checkpoint
+
+from ..diffusers_pipes import CKPT, ENCODER, ip_adapter_pipeline
 
 pytestmark = pytest.mark.slow
 TOL = 1e-4
 PROMPT, NEGATIVE, STEPS, CFG, SEED = "a polar bear", "blurry", 4, 6.0, 3
-CKPT = {"sd15": "tiny-sd15.safetensors", "sdxl": "tiny-sdxl.safetensors"}
-ENCODER = "tiny-clip-vision.safetensors"
 
 
 
@@ -61,28 +55,6 @@ def graph(arch, applies, *, embeds_file=None):
     return g
 
 
-def pipeline(models_dir, arch, adapters):
-    """A diffusers pipeline on fresh modules, with diffusers' own IP-Adapter loading of ``adapters``."""
-    ckpt = load_checkpoint(models_dir / "checkpoints" / CKPT[arch])
-    encoder = load_clip_vision(models_dir / "clip_vision" / ENCODER)
-    fe = CLIPImageProcessor(size=224, crop_size=224)
-    sched = EulerDiscreteScheduler.from_config(ckpt.scheduler_config)
-    if arch == "sd15":
-        pipe = StableDiffusionPipeline(vae=ckpt.vae, text_encoder=ckpt.text_encoders[0], tokenizer=ckpt.tokenizers[0],
-                                       unet=ckpt.unet, scheduler=sched, safety_checker=None, feature_extractor=fe,
-                                       image_encoder=encoder, requires_safety_checker=False)
-    else:
-        pipe = StableDiffusionXLPipeline(vae=ckpt.vae, text_encoder=ckpt.text_encoders[0],
-                                         text_encoder_2=ckpt.text_encoders[1], tokenizer=ckpt.tokenizers[0],
-                                         tokenizer_2=ckpt.tokenizers[1], unet=ckpt.unet, scheduler=sched,
-                                         image_encoder=encoder, feature_extractor=fe)
-    folder = str(models_dir / "ipadapter")
-    pipe.load_ip_adapter([folder] * len(adapters), subfolder=[""] * len(adapters), weight_name=list(adapters),
-                         image_encoder_folder=None, low_cpu_mem_usage=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def run_pipe(pipe, **kw):
     return pipe(PROMPT, negative_prompt=NEGATIVE, height=64, width=64, num_inference_steps=STEPS, guidance_scale=CFG,
                 generator=torch.Generator("cpu").manual_seed(SEED), output_type="latent", **kw).images
@@ -107,7 +79,7 @@ def ours_and_plain(engine, arch, applies, **kw):
 def test_single_adapter_matches_diffusers(engine, models_dir, arch, variant):
     file = adapter_file(arch, variant)
     got = ours_and_plain(engine, arch, [dict(adapter=file, image="ipa_bear_ref.png", weight=0.6)])
-    pipe = pipeline(models_dir, arch, [file])
+    pipe = ip_adapter_pipeline(models_dir, arch, [file])
     pipe.set_ip_adapter_scale(0.6)
     assert diff(got, run_pipe(pipe, ip_adapter_image=asset("ipa_bear_ref.png"))) <= TOL
 
@@ -116,7 +88,7 @@ def test_two_adapters_match_diffusers(engine, models_dir):
     files = [adapter_file("sd15", "base"), adapter_file("sd15", "plus")]
     got = ours_and_plain(engine, "sd15", [dict(adapter=files[0], image="ipa_pet.png", weight=0.8),
                                           dict(adapter=files[1], image="ipa_clothing.png", weight=0.3)])
-    pipe = pipeline(models_dir, "sd15", files)
+    pipe = ip_adapter_pipeline(models_dir, "sd15", files)
     pipe.set_ip_adapter_scale([0.8, 0.3])
     expected = run_pipe(pipe, ip_adapter_image=[asset("ipa_pet.png"), asset("ipa_clothing.png")])
     assert diff(got, expected) <= TOL
@@ -135,7 +107,7 @@ def test_masked_adapters_match_diffusers_ip_adapter_masks(engine, models_dir):
     pictures = [Image.fromarray((m[0].numpy() * 255).astype("uint8"), "L") for m in ours_masks]
     masks = IPAdapterMaskProcessor().preprocess(pictures, height=64, width=64)
     assert torch.equal(masks[:, 0], torch.cat(ours_masks))  # binary masks: the same numbers on both sides
-    pipe = pipeline(models_dir, "sd15", [file, file])
+    pipe = ip_adapter_pipeline(models_dir, "sd15", [file, file])
     pipe.set_ip_adapter_scale([0.7, 0.7])
     expected = run_pipe(pipe, ip_adapter_image=[asset("ipa_face_a.png"), asset("ipa_face_b.png")],
                         cross_attention_kwargs={"ip_adapter_masks": [masks[0:1], masks[1:2]]})
@@ -147,14 +119,14 @@ def test_instantstyle_dict_matches_diffusers(engine, models_dir):
     scale = {"up": {"block_0": [0.0, 1.0, 0.0]}, "down": {"block_2": [0.0, 0.5]}}
     got = ours_and_plain(engine, "sdxl", [dict(adapter=file, image="ipa_style.png", weight=1.0,
                                                weight_type="per-block", block_weights=json.dumps(scale))])
-    pipe = pipeline(models_dir, "sdxl", [file])
+    pipe = ip_adapter_pipeline(models_dir, "sdxl", [file])
     pipe.set_ip_adapter_scale(scale)
     assert diff(got, run_pipe(pipe, ip_adapter_image=asset("ipa_style.png"))) <= TOL
 
 
 def test_precomputed_diffusers_embeds_match_without_an_encoder(engine, models_dir):
     file = adapter_file("sd15", "plus")
-    pipe = pipeline(models_dir, "sd15", [file])
+    pipe = ip_adapter_pipeline(models_dir, "sd15", [file])
     pipe.set_ip_adapter_scale(0.7)
     with torch.no_grad():
         embeds = pipe.prepare_ip_adapter_image_embeds(asset("ipa_bear_ref.png"), None, "cpu", 1, True)
