@@ -27,11 +27,18 @@ COMFY_TO_STATUS = {v: k for k, v in STATUS_TO_COMFY.items()} | {"error": FAILED,
                                                                "success": COMPLETED, "queued": PENDING}
 
 
+def _workflow_id(extra_data: dict) -> str | None:
+    """The id of the editor workflow the job came from (``extra_pnginfo.workflow.id``), if any."""
+    info = extra_data.get("extra_pnginfo")
+    workflow = info.get("workflow") if isinstance(info, dict) else None
+    return workflow.get("id") if isinstance(workflow, dict) else None
+
+
 def _comfy_job(state: State, job: Job, detail: bool = False) -> dict:
     images = job_images(job)
-    error = None
+    execution_error = None
     if job.status == FAILED and job.error:
-        error = {"node_id": job.error.get("node_id"), "node_type": job.error.get("node_type"),
+        execution_error = {"node_id": job.error.get("node_id"), "node_type": job.error.get("node_type"),
                  "exception_message": job.error.get("message", ""),
                  "exception_type": job.error.get("exception_type", ""),
                  "traceback": [],  # never sent to clients: the server's log has it
@@ -43,8 +50,8 @@ def _comfy_job(state: State, job: Job, detail: bool = False) -> dict:
         "preview_output": images[0] if images else None,
         "outputs_count": len(images) if job.status in FINISHED else None,
         "previewable_outputs_count": len(images) if job.status in FINISHED else None,
-        "execution_error": error, "worker": job.worker, "attempts": job.attempts, "workflow_id": (job.extra_data.get("extra_pnginfo") or {}).get(
-            "workflow", {}).get("id") if isinstance(job.extra_data.get("extra_pnginfo"), dict) else None,
+        "execution_error": execution_error, "worker": job.worker, "attempts": job.attempts,
+        "workflow_id": _workflow_id(job.extra_data),
     }
     if detail:
         out["outputs"] = job.ui or {}

@@ -36,12 +36,13 @@ def write_all(models_dir: Path) -> list[Path]:
     with _lock:
         paths = list(ensure_tiny_models(models_dir).values())
         paths += list(write_tiny_clip_vision(models_dir).values())
-        built = {"sd15": build_tiny("sd15"), "sdxl": build_tiny("sdxl")}
-        unets = {kind: parts["unet"] for kind, parts in built.items()}
+        built = _BuiltOnUse(build_tiny)
+        unets = _UNetsOnUse(built)
         presets = tiny_preset_ipadapter_paths(models_dir)
         if tiny_ipadapters_fresh(models_dir) and all(p.exists() for p in presets.values()):
             paths += list(tiny_ipadapter_paths(models_dir).values()) + list(presets.values())
         else:
+            unets = {kind: built[kind]["unet"] for kind in ("sd15", "sdxl")}  # iterated by the writers
             paths += list(write_tiny_ipadapters(models_dir, unets).values())
             paths += list(write_tiny_preset_ipadapters(models_dir, unets).values())
         paths += list(write_tiny_controlnets(models_dir).values())
@@ -51,6 +52,28 @@ def write_all(models_dir: Path) -> list[Path]:
         paths += list(write_tiny_faceid(models_dir, unets).values())
         paths += list(write_tiny_insightface(models_dir).values())
     return paths
+
+
+class _BuiltOnUse(dict):
+    """``build_tiny(kind)`` made on first lookup: when every file is already written, nothing is built."""
+
+    def __init__(self, build) -> None:
+        super().__init__()
+        self._build = build
+
+    def __missing__(self, kind: str):
+        self[kind] = self._build(kind)
+        return self[kind]
+
+
+class _UNetsOnUse(dict):
+    def __init__(self, built: _BuiltOnUse) -> None:
+        super().__init__()
+        self._built = built
+
+    def __missing__(self, kind: str):
+        self[kind] = self._built[kind]["unet"]
+        return self[kind]
 
 
 def ensure_for_graph(graph, runtime) -> None:

@@ -95,6 +95,9 @@ def write_tiny_faceid(models_dir: Path, unets: dict) -> dict[str, Path]:
         dest = models_dir / "ipadapter" / name
         stamp = dest.with_name(f".{name}.v{GENERATOR_VERSION}")
         out[name] = dest
+        lora_dest = models_dir / "loras" / name.replace(".bin", "_lora.safetensors")
+        if kind != "portrait":  # portrait adapters come without a LoRA
+            out[lora_dest.name] = lora_dest
         if dest.exists() and stamp.exists():
             continue
         unet = unets[arch]
@@ -109,9 +112,7 @@ def write_tiny_faceid(models_dir: Path, unets: dict) -> dict[str, Path]:
             flat_sd = {f"image_proj.{k}": v for k, v in proj.items()} | {f"ip_adapter.{k}": v for k, v in ip.items()}
             atomic_write(dest, lambda tmp, s=flat_sd: save_file(s, str(tmp)))
         if kohya:
-            lora_dest = models_dir / "loras" / name.replace(".bin", "_lora.safetensors")
             atomic_write(lora_dest, lambda tmp, s=kohya: save_file(s, str(tmp)))
-            out[lora_dest.name] = lora_dest
         stamp.touch()
     face = models_dir / "embeds" / "tiny-face.npy"
     if not face.exists():

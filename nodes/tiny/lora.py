@@ -115,17 +115,22 @@ def lycoris(unet, kind: str, seed: int, rank=4) -> dict:
 def write_tiny_loras(models_dir: Path, models: dict) -> dict[str, Path]:
     """Write every tiny LoRA into ``models_dir/loras``; ``models`` maps "sd15"/"sdxl" to build_tiny dicts."""
     folder = Path(models_dir) / "loras"
-    sd15, sdxl = models["sd15"], models["sdxl"]
-    te15 = (sd15["text_encoder"],)
-    texl = (sdxl["text_encoder"], sdxl["text_encoder_2"])
+
+    def unet(kind):
+        return models[kind]["unet"]
+
+    def text_encoders(kind):  # looked up only when a file is written: ``models`` may build on first use
+        return tuple(models[kind][k] for k in ("text_encoder", "text_encoder_2") if k in models[kind])
+
     makers = {
-        "tiny-sd15-lora-kohya.safetensors": lambda: kohya_lora(sd15["unet"], te15, 100),
-        "tiny-sd15-lora-peft.safetensors": lambda: peft_lora(sd15["unet"], te15, 101),
-        "tiny-sdxl-lora-kohya.safetensors": lambda: kohya_lora(sdxl["unet"], texl, 102, ldm_names=True),
-        "tiny-sdxl-lora-peft.safetensors": lambda: peft_lora(sdxl["unet"], texl, 103),
-        "tiny-sd15-locon.safetensors": lambda: lycoris(sd15["unet"], "locon", 104),
-        "tiny-sd15-loha.safetensors": lambda: lycoris(sd15["unet"], "loha", 105),
-        "tiny-sd15-lokr.safetensors": lambda: lycoris(sd15["unet"], "lokr", 106),
+        "tiny-sd15-lora-kohya.safetensors": lambda: kohya_lora(unet("sd15"), text_encoders("sd15"), 100),
+        "tiny-sd15-lora-peft.safetensors": lambda: peft_lora(unet("sd15"), text_encoders("sd15"), 101),
+        "tiny-sdxl-lora-kohya.safetensors": lambda: kohya_lora(unet("sdxl"), text_encoders("sdxl"), 102,
+                                                                ldm_names=True),
+        "tiny-sdxl-lora-peft.safetensors": lambda: peft_lora(unet("sdxl"), text_encoders("sdxl"), 103),
+        "tiny-sd15-locon.safetensors": lambda: lycoris(unet("sd15"), "locon", 104),
+        "tiny-sd15-loha.safetensors": lambda: lycoris(unet("sd15"), "loha", 105),
+        "tiny-sd15-lokr.safetensors": lambda: lycoris(unet("sd15"), "lokr", 106),
     }
     out = {}
     for name, make in makers.items():
