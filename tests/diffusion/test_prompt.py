@@ -127,3 +127,14 @@ def test_embedding_vectors_take_positions_and_weights():
     assert chunk.ids[:7] == [BOS] + ids("a") + [0, 0, 0] + ids("cat") + [EOS]
     assert sorted(chunk.vectors) == [2, 3, 4] and torch.equal(chunk.vectors[3], vecs[1])
     assert chunk.weights[:6] == [1.0, 1.0, 1.3, 1.3, 1.3, 1.0]
+
+
+def test_cfg_batch_token_count_is_comfyuis_lcm_rule():
+    from ipgraph.nodes.diffusion.guidance import batch_tokens
+
+    assert batch_tokens([77, 77]) == 77
+    assert batch_tokens([154, 77]) == 154
+    assert batch_tokens([231, 154]) == 462  # 6 chunks: 462 / 154 = 3, batched
+    assert batch_tokens([308, 77]) == 308  # 4 times: still batched
+    assert batch_tokens([385, 77]) is None  # 5 times the shorter: the sides run apart
+    assert batch_tokens([385, 308]) is None  # LCM 1540 = 5 * 308
