@@ -58,8 +58,12 @@ def find_embedding(folder: Path, name: str) -> Path:
             return path
     available = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                        if p.is_file() and p.suffix.lower() in EMBEDDING_SUFFIXES) if root.is_dir() else []
+    hint = ""
+    stem, _, weight = name.rpartition(":")
+    if stem and weight.replace(".", "", 1).isdigit():
+        hint = f"; to weight an embedding write (embedding:{stem}:{weight})"
     raise EmbeddingError(f"text: no embedding named {name!r} in {root} (available: "
-                         f"{', '.join(available[:20]) or 'none'})")
+                         f"{', '.join(available[:20]) or 'none'}){hint}")
 
 
 def load_embedding(path: Path) -> dict[str, torch.Tensor]:

@@ -7,8 +7,9 @@ interpretation, "comfy"):
    after the LAST ``:``; ``(a:b)`` with a non-number keeps ``a:b`` as text, weighted 1.1); nesting multiplies
    (``((a))`` = 1.1 * 1.1) and an inner explicit weight replaces the outer one. ``\\(`` and ``\\)`` are literal
    parentheses. Unbalanced parentheses stay text, as ComfyUI's scanner leaves them: an unclosed ``(`` is kept
-   with the text after it; a ``)`` with no ``(`` open makes the rest of the prompt literal text (parentheses
-   included) at the weight it has there. ``()`` adds nothing.
+   with the text after it; a ``)`` with no ``(`` open takes the depth below zero, and a ``(`` counts as an
+   opening again only where the depth is back at zero (``a) (b)`` is all text, ``a) ((b))`` weights ``b`` by
+   1.1 and leaves ``a) (`` and ``)`` as text). ``()`` adds nothing.
 2. **Tokens.** Each weighted segment is tokenized on its own (ComfyUI tokenizes a segment as one piece, cut
    at ``embedding:NAME`` words), without start/end tokens; an embedding contributes one token per vector,
    weighted like its segment. Newlines are whitespace to the CLIP tokenizer.

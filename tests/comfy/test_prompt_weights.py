@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ipgraph.engine import Graph
+from ipgraph.engine import Graph, NodeFailed
 from tests.nodes.test_controlnet import CN15, cn_graph
 from tests.nodes.test_oracle_combined import with_ip_adapter
 
@@ -168,3 +168,11 @@ def test_ksampler_token_counts_too_far_apart_run_as_separate_calls(engine):
     got = sampled(engine, long_graph(375))
     batched = sampled(engine, long_negative(long_graph(375), 5))
     assert (got - batched).abs().max() <= 2e-4
+
+
+def test_unparenthesized_embedding_weight_is_a_name_with_a_hint(engine):
+    g = Graph()
+    ck = g.add("CheckpointLoaderSimple", id="ckpt", ckpt_name="tiny-sd15.safetensors")
+    g.add("CLIPTextEncode", id="t", text="a embedding:nosuch:1.2 bear", clip=ck.CLIP)
+    with pytest.raises(NodeFailed, match=r"no embedding named 'nosuch:1\.2'.*write \(embedding:nosuch:1\.2\)"):
+        engine.run(g, outputs=["t"])

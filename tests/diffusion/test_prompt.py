@@ -35,7 +35,8 @@ TOK, TOK_G = sdxl_tokenizers()  # clip_l / SD1.5 pads with EOS, clip_g with id 0
     ("(a b", [("(a b", 1.0)]),  # unclosed: kept as text with its parenthesis
     ("((a)", [("(a", 1.1)]),
     ("(a)) b", [("a", 1.1), (") b", 1.0)]),
-    ("a) (b)", [("a) (b)", 1.0)]),  # a stray ")" leaves the rest literal
+    ("a) (b)", [("a) (b)", 1.0)]),  # a stray ")" takes the depth below zero: no group closes
+    ("a) ((b))", [("a) (", 1.0), ("b", 1.1), (")", 1.0)]),  # back at depth zero, "(" opens again
     ("(embedding:foo:1.2) cat", [("embedding:foo", 1.2), (" cat", 1.0)]),
 ])
 def test_parse_weights(text, expected):
