@@ -1,5 +1,7 @@
 """CLIPTextEncode, CLIPTextEncodeSDXL and CLIPSetLastLayer (ComfyUI's class names, inputs and outputs):
-text → conditioning, exactly as diffusers' pipelines encode prompts.
+text → conditioning with ComfyUI's prompt syntax (``(word:1.2)`` weights, prompts longer than 75 tokens in
+77-token chunks; :mod:`.prompt` states the rules and the math). Each 77-token chunk is encoded exactly as
+diffusers' pipelines encode a prompt, so a prompt without parentheses within 75 tokens gives diffusers' result.
 
 SD1.5: the last hidden state of the CLIP text encoder. SDXL: the penultimate hidden states of both encoders
 concatenated, the pooled projection of the second, and the size/crop conditioning (``add_time_ids``).
@@ -26,16 +28,8 @@ from ..core.patches import install_patches
 from ..core.runtime import file_fingerprint
 from ..core.types import SDXL, ClipHandle, Conditioning
 from ..core.widgets import runtime_of
-from .embeddings import (
-    EmbeddingError,
-    EmbeddingRef,
-    find_embedding,
-    injected,
-    load_embedding,
-    split_prompt,
-    token_ids,
-    vectors_for,
-)
+from .embeddings import EmbeddingError, find_embedding, injected, load_embedding, vectors_for
+from .prompt import Chunk, apply_weights, embedding_names, empty_chunk, tokenize
 
 MAX_RESOLUTION = 16384  # ComfyUI's nodes.MAX_RESOLUTION
 
@@ -59,12 +53,11 @@ def _embeddings_fingerprint(*fields: str):
             text = literals.get(name)
             if runtime is None or not isinstance(text, str):
                 continue
-            for part in split_prompt(text):
-                if isinstance(part, EmbeddingRef):
-                    try:
-                        parts.append(file_fingerprint(find_embedding(runtime.model_folder("embeddings"), part.name)))
-                    except EmbeddingError:
-                        parts.append(f"missing:{part.name}")
+            for name in embedding_names(text):
+                try:
+                    parts.append(file_fingerprint(find_embedding(runtime.model_folder("embeddings"), name)))
+                except EmbeddingError:
+                    parts.append(f"missing:{name}")
         return "|".join(parts)
 
     return fingerprint
@@ -101,7 +94,7 @@ def clip_text_encode_sdxl(inp: TextEncodeSDXLIn, ctx: NodeContext) -> Conditioni
                          "(use CLIPTextEncode)")
     time_ids = torch.tensor([[inp.height, inp.width, inp.crop_h, inp.crop_w, inp.target_height, inp.target_width]],
                             dtype=torch.float32)  # zero sizes are filled with the image size by KSampler
-    return ConditioningOut(CONDITIONING=_encode(inp.clip, (inp.text_l, inp.text_g), ctx, time_ids))
+    return ConditioningOut(CONDITIONING=_encode(inp.clip, (inp.text_l, inp.text_g), ctx, time_ids, pad_chunks=True))
 
 
 class SetLastLayerIn(NodeInputs):
@@ -120,67 +113,86 @@ def clip_set_last_layer(inp: SetLastLayerIn, ctx: NodeContext) -> ClipOut:
 
 
 def _encode(clip: ClipHandle, texts: tuple[str, ...], ctx: NodeContext,
-            time_ids: torch.Tensor | None) -> Conditioning:
+            time_ids: torch.Tensor | None, pad_chunks: bool = False) -> Conditioning:
     runtime = runtime_of(ctx)
     with runtime.models.on_device(clip.text_encoders), ExitStack() as stack:
         install_patches(stack, clip.text_encoders, clip.patches, None)  # LoRA / merges, undone on exit
-        embeds, pooled = encode_text(clip, texts, runtime.device, runtime.model_folder("embeddings"))
+        embeds, pooled = encode_text(clip, texts, runtime.device, runtime.model_folder("embeddings"),
+                                     pad_chunks=pad_chunks)
     return Conditioning(embeds.cpu(), None if pooled is None else pooled.cpu(), time_ids)
 
 
 @torch.no_grad()
 def encode_text(clip: ClipHandle, text: str | tuple[str, ...], device: torch.device,
-                embeddings_dir=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(embeds [1,77,D], pooled [1,P] or None), as StableDiffusion(XL)Pipeline.encode_prompt computes them.
+                embeddings_dir=None, pad_chunks: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(embeds [1, 77*k, D], pooled [1, P] or None) with ComfyUI's prompt semantics (:mod:`.prompt`).
 
-    ``text`` is one prompt for every encoder or one per encoder (SDXL: clip_l's, then clip_g's).
+    ``text`` is one prompt for every encoder or one per encoder (SDXL: clip_l's, then clip_g's). For each
+    encoder the prompt becomes ``k`` chunks of 77 tokens; each chunk is encoded as StableDiffusion(XL)Pipeline
+    .encode_prompt encodes its one 77-token prompt (same layer choice), giving ``z_c [1, 77, D]``. Where any
+    token weight ``w_j != 1``, the empty prompt is encoded too (``z_empty``) and
+    ``z_c[j] <- (z_c[j] - z_empty[j]) * w_j + z_empty[j]``. The result is ``cat(z_1 .. z_k)`` along the tokens;
+    SDXL concatenates clip_l's and clip_g's along the features after cutting both to the shorter token count
+    (``pad_chunks``: first pad the encoder with fewer chunks with empty-prompt chunks, CLIPTextEncodeSDXL).
+    The pooled projection is that of the first chunk.
     """
     texts = (text,) * len(clip.text_encoders) if isinstance(text, str) else tuple(text)
-    loaded: dict[str, dict] = {}
-    hidden, pooled = [], None
     n = len(clip.text_encoders)
+    loaded: dict[str, dict] = {}
+    chunked = []
     for index, (tokenizer, encoder, prompt) in enumerate(zip(clip.tokenizers, clip.text_encoders, texts, strict=True)):
-        ids, inject = _prompt_ids(tokenizer, encoder, prompt, index, n, embeddings_dir, loaded)
-        ids = ids.to(device)
-        mask = None
-        if clip.arch != SDXL and getattr(encoder.config, "use_attention_mask", False):
-            mask = (ids != tokenizer.pad_token_id).long()
-        with injected(encoder, inject):
-            out = encoder(ids, attention_mask=mask, output_hidden_states=True)
-        layers = int(encoder.config.num_hidden_layers)
-        layer = clip.layer
-        if clip.arch != SDXL:
-            if layer is None or layer == -1 or abs(layer) > layers:
-                return out[0], None
-            norm = getattr(encoder, "text_model", encoder).final_layer_norm  # transformers 5 flattened it
-            return norm(out.hidden_states[layer]), None
-        if out[0].ndim == 2:
-            pooled = out[0]
-        if layer is None:
-            hidden.append(out.hidden_states[-2])
-        elif abs(layer) > layers:
-            hidden.append(out.last_hidden_state)
-        else:
-            hidden.append(out.hidden_states[layer])
-    return torch.cat(hidden, dim=-1), pooled
+        width = encoder.get_input_embeddings().weight.shape[-1]
+        chunked.append(tokenize(tokenizer, prompt, _vectors(index, n, width, embeddings_dir, loaded)))
+    if pad_chunks:
+        most = max(len(c) for c in chunked)
+        chunked = [c + [empty_chunk(tok) for _ in range(most - len(c))] for c, tok in zip(chunked, clip.tokenizers,
+                                                                                          strict=True)]
+    hidden, pooled = [], None
+    for tokenizer, encoder, chunks in zip(clip.tokenizers, clip.text_encoders, chunked, strict=True):
+        outs = [_encode_chunk(clip, tokenizer, encoder, chunk, device) for chunk in chunks]
+        if any(chunk.weighted for chunk in chunks):
+            z_empty = _encode_chunk(clip, tokenizer, encoder, empty_chunk(tokenizer), device)[0]
+            outs = [(apply_weights(z, z_empty, chunk.weights), p) for (z, p), chunk in zip(outs, chunks, strict=True)]
+        hidden.append(outs[0][0] if len(outs) == 1 else torch.cat([z for z, _ in outs], dim=1))
+        if outs[0][1] is not None:
+            pooled = outs[0][1]
+    if len(hidden) == 1:
+        return hidden[0], pooled
+    tokens = min(h.shape[1] for h in hidden)
+    return torch.cat([h[:, :tokens] for h in hidden], dim=-1), pooled
 
 
-def _prompt_ids(tokenizer, encoder, text: str, index: int, n: int, embeddings_dir, loaded: dict):
-    parts = split_prompt(text)
-    refs = [p for p in parts if isinstance(p, EmbeddingRef)]
-    if not refs:
-        return _ids(tokenizer, text), {}
-    if embeddings_dir is None:
-        raise EmbeddingError("text: embedding:NAME needs a models folder with an embeddings/ subfolder")
-    width = encoder.get_input_embeddings().weight.shape[-1]
-    vectors = []
-    for ref in refs:
-        if ref.name not in loaded:
-            loaded[ref.name] = load_embedding(find_embedding(embeddings_dir, ref.name))
-        vectors.append(vectors_for(loaded[ref.name], index, n, width, ref.name))
-    return token_ids(tokenizer, parts, vectors)
+def _encode_chunk(clip: ClipHandle, tokenizer, encoder, chunk: Chunk, device):
+    """(hidden [1, 77, D], pooled [1, P] or None) of one chunk, with the layer choice of the CLIP handle."""
+    ids = torch.tensor([chunk.ids], device=device)
+    mask = None
+    if clip.arch != SDXL and getattr(encoder.config, "use_attention_mask", False):
+        mask = (ids != tokenizer.pad_token_id).long()
+    with injected(encoder, chunk.vectors):
+        out = encoder(ids, attention_mask=mask, output_hidden_states=True)
+    layers = int(encoder.config.num_hidden_layers)
+    layer = clip.layer
+    if clip.arch != SDXL:
+        if layer is None or layer == -1 or abs(layer) > layers:
+            return out[0], None
+        norm = getattr(encoder, "text_model", encoder).final_layer_norm  # transformers 5 flattened it
+        return norm(out.hidden_states[layer]), None
+    pooled = out[0] if out[0].ndim == 2 else None
+    if layer is None:
+        return out.hidden_states[-2], pooled
+    if abs(layer) > layers:
+        return out.last_hidden_state, pooled
+    return out.hidden_states[layer], pooled
 
 
-def _ids(tokenizer, text: str) -> torch.Tensor:
-    return tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
+def _vectors(index: int, n: int, width: int, embeddings_dir, loaded: dict):
+    """``name -> [n, width]`` vectors of a textual inversion for one encoder (files read once per prompt)."""
+
+    def vectors(name: str) -> torch.Tensor:
+        if embeddings_dir is None:
+            raise EmbeddingError("text: embedding:NAME needs a models folder with an embeddings/ subfolder")
+        if name not in loaded:
+            loaded[name] = load_embedding(find_embedding(embeddings_dir, name))
+        return vectors_for(loaded[name], index, n, width, name)
+
+    return vectors

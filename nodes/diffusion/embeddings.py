@@ -3,7 +3,8 @@
 A prompt word ``embedding:NAME`` (the extension may be left out; ``,`` ``(`` ``)`` end the name) is replaced by
 the embedding's vectors, one token position per vector, exactly where diffusers' ``load_textual_inversion``
 puts the tokens it adds: the text around it is tokenized piece by piece, the vectors take the places of the
-added tokens. File formats, all read without unpickling:
+added tokens (:mod:`.prompt` does the tokenizing; inside ``(embedding:NAME:1.2)`` the vectors get the weight).
+File formats, all read without unpickling:
 
 - A1111 ``.pt`` (``{"string_to_param": {"*": [n, dim]}}``) through ``torch.load(weights_only=True)``;
 - ``.safetensors`` with ``emb_params`` (A1111 converted), a single tensor (diffusers' ``learned_embeds``), or
@@ -57,8 +58,12 @@ def find_embedding(folder: Path, name: str) -> Path:
             return path
     available = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                        if p.is_file() and p.suffix.lower() in EMBEDDING_SUFFIXES) if root.is_dir() else []
+    hint = ""
+    stem, _, weight = name.rpartition(":")
+    if stem and weight.replace(".", "", 1).isdigit():
+        hint = f"; to weight an embedding write (embedding:{stem}:{weight})"
     raise EmbeddingError(f"text: no embedding named {name!r} in {root} (available: "
-                         f"{', '.join(available[:20]) or 'none'})")
+                         f"{', '.join(available[:20]) or 'none'}){hint}")
 
 
 def load_embedding(path: Path) -> dict[str, torch.Tensor]:
@@ -100,28 +105,6 @@ def vectors_for(embedding: dict[str, torch.Tensor], encoder_index: int, n_encode
         raise EmbeddingError(f"text: embedding {name!r} has {have}, but the text encoder needs {width}-wide "
                              "vectors; it was made for another base model")
     return vectors
-
-
-def token_ids(tokenizer, parts: list, vectors: list[torch.Tensor]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """Token ids [1, max_len] with placeholders for embedding vectors, and {position: vector}.
-
-    Same as the tokenizer with diffusers' added tokens: bos, each text piece tokenized on its own, one position
-    per vector, truncated to leave room for eos, padded with the tokenizer's pad token.
-    """
-    max_len = tokenizer.model_max_length
-    ids = [tokenizer.bos_token_id]
-    inject: dict[int, torch.Tensor] = {}
-    vec_iter = iter(vectors)
-    for part in parts:
-        if isinstance(part, EmbeddingRef):
-            for vec in next(vec_iter):
-                inject[len(ids)] = vec
-                ids.append(0)  # any ordinary id: its embedding is replaced
-        else:
-            ids += tokenizer(part, add_special_tokens=False).input_ids
-    ids = ids[:max_len - 1] + [tokenizer.eos_token_id]
-    ids += [tokenizer.pad_token_id] * (max_len - len(ids))
-    return torch.tensor([ids]), {p: v for p, v in inject.items() if p < max_len - 1}
 
 
 @contextmanager

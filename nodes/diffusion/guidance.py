@@ -22,6 +22,10 @@ Blending in output space equals ComfyUI's blending of x0 predictions wherever so
 
 When each side is one entry acting everywhere (what a plain CLIPTextEncode gives), both sides run as one
 UNet batch ``[negative..., positive...]`` exactly as diffusers' pipelines (and ControlNet, IP-Adapter) do.
+Text of different token counts (long prompts are 77*k tokens) is batched as ComfyUI's ``CONDCrossAttn``
+does: each side's embeddings are repeated along the tokens to the least common multiple ``L`` of the counts
+(``[e, e, ...]``; repeating every key/value ``L/T`` times leaves cross-attention's softmax average unchanged),
+unless ``L / min(T) > 4``, in which case the sides run as separate UNet calls (the general path below).
 Otherwise each entry is one UNet call of the batch's B images (``state.uncond_only`` tells IP-Adapter which
 side it is); ControlNets then see the entry's crop (their hint resized to it, as ComfyUI).
 """
@@ -112,6 +116,18 @@ def _encloses(outer, inner) -> bool:
             and outer[1] + outer[3] >= inner[1] + inner[3])
 
 
+def batch_tokens(lengths: list[int]) -> int | None:
+    """The token count text of these lengths is batched at (ComfyUI's ``CONDCrossAttn.can_concat/concat``):
+    their least common multiple, or None where it is more than 4 times the shortest (run them apart)."""
+    tokens = math.lcm(*lengths)
+    return None if tokens // min(lengths) > 4 else tokens
+
+
+def _repeat_tokens(embeds: torch.Tensor, tokens: int) -> torch.Tensor:
+    t = embeds.shape[1]
+    return embeds if t == tokens else embeds.repeat(1, tokens // t, 1)
+
+
 class _Prepared:
     def __init__(self, entry: CondEntry, area, mask, sigma_start: float, sigma_end: float):
         self.entry, self.area, self.mask = entry, area, mask
@@ -139,6 +155,8 @@ class Guidance:
         self.positive, self.negative = positive, negative if self.do_cfg else None
         self.simple = all(len(cond.entries) == 1 and cond.entries[0].is_plain
                           for cond in (positive, self.negative) if cond is not None)
+        if self.simple and self.do_cfg:
+            self.simple = batch_tokens([positive.embeds.shape[1], self.negative.embeds.shape[1]]) is not None
         state.do_cfg, state.batch_size, state.latent_hw = self.do_cfg, b, (h, w)
         if self.simple:
             self._prepare_simple()
@@ -155,7 +173,8 @@ class Guidance:
         b, _, h, w = self.shape
         pos = self.positive.entries[0]
         sides = [self.negative.entries[0], pos] if self.do_cfg else [pos]
-        self.embeds = torch.cat([self._embeds(e, b) for e in sides])
+        tokens = batch_tokens([e.embeds.shape[1] for e in sides])
+        self.embeds = torch.cat([_repeat_tokens(self._embeds(e, b), tokens) for e in sides])
         self.added = self._added(sides, b, h, w)
         if self.concat is not None:
             self.concat_batch = torch.cat([self.concat] * len(sides))
