@@ -136,7 +136,8 @@ def test_per_frame_ipadapter_rows_follow_frames(models_dir):
     assert (both[[1, 3]] - second[[1, 3]]).abs().max() < 1e-5
     assert (first[3] - second[3]).abs().max() > 1e-3  # the two images really differ (cond rows)
     window = run(unfolded, rows=(1, 3), frames=[1])
-    assert (window - second[[1, 3]]).abs().max() < 1e-5
+    alone = run(IPAdapterPatch(adapter, tokens[1:], zeros), rows=(1, 3), frames=[1])  # same batch shape: the
+    assert (window - alone).abs().max() < 1e-5  # CPU kernels for 2 rows differ from 4 rows by ~1e-4 here
 
 
 def test_evolved_names_build_the_same_model(engine):
