@@ -67,7 +67,8 @@ def test_batch_maps_image_i_to_latent_i_and_weights_per_frame(engine):
     got = latent(engine.run(p.graph()))
     for i, (name, weight) in enumerate(zip(names, (0.3, 0.9), strict=True)):
         ref = latent(engine.run(advanced([name], weight).graph()))
-        assert (got[i] - ref[i]).abs().max() <= 1e-4  # float rounding of another batch layout
+        # float rounding of another batch layout (latents reach |4| here: relative 1e-5 of their scale)
+        assert (got[i] - ref[i]).abs().max() <= 1e-4 * max(1.0, ref[i].abs().max().item())
 
 
 def test_from_params_equals_chained_masked_applications(engine):
