@@ -198,14 +198,17 @@ STRUCTURE_ONLY = ("  (checked against the node catalogue; model files, images, o
 def check_structure(args, doc: Any) -> int | None:
     """With ipgraph's own nodes, the graph's structure is checked against the node catalogue first, without
     importing the node families (torch): unknown types, inputs and outputs, missing inputs, socket types, widget
-    values, cycles. The exit code when that finds problems (they are printed), else None."""
+    values, cycles. When that finds a problem in a node, it is the answer (printed; the exit code is returned):
+    the nodes' own checks (model files, images, output paths, limits) wait until the structure holds. Else
+    None: the node families validate the whole graph (a graph whose only problem is that it has no output node
+    still gets its nodes checked)."""
     if args.registry:
         return None
     from ipgraph.catalog import catalog_registry
 
     make_limits(args)  # a bad limit option is reported whatever the graph
     graph, warnings, problems = check_graph(args, doc, catalog_registry(), None)
-    if not problems and not (getattr(args, "strict", False) and warnings):
+    if not any(p.node_id is not None for p in problems):
         return None
     report(args, warnings, problems)
     print(STRUCTURE_ONLY, file=sys.stderr)
