@@ -18,6 +18,8 @@ for name in engine nodes server graphs tests bench; do
     if "$PY" -c "import $name" 2>/dev/null; then echo "wheel-check: top-level module '$name' is installed" >&2; exit 1; fi
 done
 "$IPG" graphs >/dev/null
+"$IPG" nodes > nodes.txt  # read from the node catalogue shipped in the wheel
+grep -q "^KSampler " nodes.txt || { echo "wheel-check: ipgraph nodes lists no KSampler (node catalogue?)" >&2; exit 1; }
 "$IPG" run txt2img --models-dir models --output-dir out
 GRAPH=$("$PY" -c "from ipgraph.graphs import bundled; print(bundled()['ipadapter_txt2img'])")
 case "$GRAPH" in "$ROOT"*) echo "wheel-check: graphs come from the source tree ($GRAPH)" >&2; exit 1;; esac

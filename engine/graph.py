@@ -84,7 +84,7 @@ class Graph:
         node_type = self.registry.get(type_name)
         if node_type is None:
             raise GraphBuildError(f"unknown node type {type_name!r}")
-        if node_type.upgraded_from is not None and (today := node_type.upgraded_from(inputs)):
+        if today := node_type.upgraded_type(inputs):
             type_name, node_type = today, self.registry[today]
         inputs = {node_type.renamed_inputs.get(k, k): v for k, v in inputs.items()}
         unknown = sorted(set(inputs) - set(node_type.inputs))
@@ -163,10 +163,9 @@ class Graph:
         """Bring input and output names an older version of a node type used up to today's names."""
         for entry in self.nodes.values():
             node_type = self.registry.get(entry.type)
-            if node_type is not None and node_type.upgraded_from is not None:
-                today = node_type.upgraded_from(entry.inputs)
-                if today:
-                    entry.type, node_type = today, self.registry[today]
+            today = node_type.upgraded_type(entry.inputs) if node_type is not None else None
+            if today:
+                entry.type = today
         for entry in self.nodes.values():
             node_type = self.registry.get(entry.type)
             if node_type is not None and node_type.renamed_inputs:

@@ -141,7 +141,7 @@ class NodeType:
     comfy_aliases: dict[str, dict[str, str]] = field(default_factory=dict)
     renamed_inputs: dict[str, str] = field(default_factory=dict)  # an older document's name -> today's
     renamed_outputs: dict[str, str] = field(default_factory=dict)
-    upgraded_from: Callable[[dict], str | None] | None = None  # an older document's inputs -> today's type
+    upgraded_from: dict[str, str] = field(default_factory=dict)  # an input only an older node had -> today's type
     inputs: dict[str, InputSpec] = field(default_factory=dict)
     outputs: dict[str, OutputSpec] = field(default_factory=dict)
 
@@ -162,6 +162,10 @@ class NodeType:
             if socket is None:
                 raise TypeError(f"{self.type_name}: output {name!r} must be declared with Output(TYPE)")
             self.outputs[name] = OutputSpec(name, socket, info.description or "")
+
+    def upgraded_type(self, inputs: dict) -> str | None:
+        """The type an older document's node of this type is today (it gives an input only that node had)."""
+        return next((today for name, today in self.upgraded_from.items() if name in inputs), None)
 
     def describe(self) -> dict:
         """JSON description for the web page and ComfyUI-style /object_info."""
@@ -199,6 +203,12 @@ class Registry:
     def describe(self) -> dict[str, dict]:
         return {name: self._types[name].describe() for name in self.types()}
 
+    def add(self, node_type: NodeType) -> NodeType:
+        if node_type.type_name in self._types:
+            raise ValueError(f"node type {node_type.type_name!r} is registered twice")
+        self._types[node_type.type_name] = node_type
+        return node_type
+
     def comfy_class(self, class_type: str) -> tuple[NodeType, dict[str, str]] | None:
         """Resolve a ComfyUI class name: an ipgraph type name or a declared alias (with input renames)."""
         if class_type in self._types:  # same name in both; its alias entry (if any) still renames inputs
@@ -223,7 +233,7 @@ class Registry:
         comfy_aliases: dict[str, dict[str, str]] | None = None,
         renamed_inputs: dict[str, str] | None = None,
         renamed_outputs: dict[str, str] | None = None,
-        upgraded_from: Callable[[dict], str | None] | None = None,
+        upgraded_from: dict[str, str] | None = None,
     ) -> Callable[[Callable], Callable]:
         """Register ``fn(inputs, ctx) -> outputs``; input/output models come from its annotations.
 
@@ -231,13 +241,11 @@ class Registry:
         size and mtime). ``check(literals, resources)`` yields ``(input_name, sentence)`` problems found
         before anything runs (a model file that does not exist). ``renamed_inputs`` / ``renamed_outputs`` map
         names an older version of the node used to today's names, so saved documents keep loading;
-        ``upgraded_from(inputs)`` names the type that an older document's node of this type is today (when this
-        type name was given to another node), or None.
+        ``upgraded_from`` maps an input that only an older node of this name had to the type that node is today
+        (when this type name was given to another node): ``{"positive": "ControlNetApplyAdvanced"}``.
         """
 
         def register(fn: Callable) -> Callable:
-            if type_name in self._types:
-                raise ValueError(f"node type {type_name!r} is registered twice")
             hints = typing.get_type_hints(fn)
             params = list(inspect.signature(fn).parameters)
             if len(params) != 2:
@@ -247,7 +255,7 @@ class Registry:
                 raise TypeError(f"{type_name}: first parameter must be annotated with a NodeInputs subclass")
             if not (isinstance(outputs_model, type) and issubclass(outputs_model, NodeOutputs)):
                 raise TypeError(f"{type_name}: return must be annotated with a NodeOutputs subclass")
-            self._types[type_name] = NodeType(
+            self.add(NodeType(
                 type_name=type_name,
                 version=version,
                 category=category,
@@ -263,8 +271,8 @@ class Registry:
                 comfy_aliases=dict(comfy_aliases or {}),
                 renamed_inputs=dict(renamed_inputs or {}),
                 renamed_outputs=dict(renamed_outputs or {}),
-                upgraded_from=upgraded_from,
-            )
+                upgraded_from=dict(upgraded_from or {}),
+            ))
             return fn
 
         return register

@@ -138,6 +138,8 @@ def build_parser(training: bool = False) -> argparse.ArgumentParser:
 
 def cmd_run(args) -> int:
     doc = load_document(Path(args.graph))  # before the node families: a JSON typo never imports torch
+    if (code := check_structure(args, doc)) is not None:
+        return code
     registry = load_registry(args.registry)
     runtime = make_runtime(args, registry)
     warnings: list[str] = []
@@ -178,29 +180,71 @@ def cmd_run(args) -> int:
 
 def cmd_validate(args) -> int:
     doc = load_document(Path(args.graph))  # before the node families: a JSON typo never imports torch
+    if (code := check_structure(args, doc)) is not None:
+        return code
     registry = load_registry(args.registry)
     runtime = make_runtime(args, registry)
-    warnings: list[str] = []
-    graph = apply_sets(load_graph(doc, registry, runtime, warnings), args.set)
-    problems = Engine(registry, runtime).validate(graph)
-    if args.strict and warnings:
-        print(f"error: {len(warnings)} warning(s) under --strict:", file=sys.stderr)
-        for w in warnings:
-            print(f"  - {w}", file=sys.stderr)
-        if problems:
-            print_problems(problems)
-        return 1
-    print_warnings(warnings)
-    if problems:
-        print_problems(problems)
+    graph, warnings, problems = check_graph(args, doc, registry, runtime)
+    if report(args, warnings, problems):
         return 1
     print(f"{args.graph}: valid ({len(graph.nodes)} nodes)")
     return 0
 
 
+STRUCTURE_ONLY = ("  (checked against the node catalogue; model files, images, output paths and limits are "
+                  "checked once these are fixed)")
+
+
+def check_structure(args, doc: Any) -> int | None:
+    """With ipgraph's own nodes, the graph's structure is checked against the node catalogue first, without
+    importing the node families (torch): unknown types, inputs and outputs, missing inputs, socket types, widget
+    values, cycles. When that finds a problem in a node, it is the answer (printed; the exit code is returned):
+    the nodes' own checks (model files, images, output paths, limits) wait until the structure holds. Else
+    None: the node families validate the whole graph (a graph whose only problem is that it has no output node
+    still gets its nodes checked)."""
+    if args.registry:
+        return None
+    from ipgraph.catalog import catalog_registry
+
+    make_limits(args)  # a bad limit option is reported whatever the graph
+    graph, warnings, problems = check_graph(args, doc, catalog_registry(), None)
+    if not any(p.node_id is not None for p in problems):
+        return None
+    report(args, warnings, problems)
+    print(STRUCTURE_ONLY, file=sys.stderr)
+    return 1
+
+
+def check_graph(args, doc: Any, registry: Registry, runtime: Any) -> tuple[Graph, list[str], list]:
+    """(graph, import warnings, validation problems) of a document, ``--set`` applied."""
+    warnings: list[str] = []
+    graph = apply_sets(load_graph(doc, registry, runtime, warnings), args.set)
+    return graph, warnings, Engine(registry, runtime).validate(graph)
+
+
+def report(args, warnings: list[str], problems: list) -> bool:
+    """Print the warnings and problems; True when the graph is not valid (``--strict``: warnings count)."""
+    if getattr(args, "strict", False) and warnings:
+        print(f"error: {len(warnings)} warning(s) under --strict:", file=sys.stderr)
+        for w in warnings:
+            print(f"  - {w}", file=sys.stderr)
+        if problems:
+            print_problems(problems)
+        return True
+    print_warnings(warnings)
+    if problems:
+        print_problems(problems)
+    return bool(problems)
+
+
 def cmd_nodes(args) -> int:
-    registry = load_registry(args.registry)
-    described = registry.describe()
+    if args.registry:
+        described = load_registry(args.registry).describe()
+    else:  # ipgraph's own nodes, from the catalogue: no node family (torch) is imported
+        from ipgraph.catalog import load_catalog
+        from ipgraph.engine.catalog import described_nodes
+
+        described = described_nodes(load_catalog())
     if args.json:
         print(json.dumps(described, indent=2, default=repr))
         return 0
@@ -283,14 +327,22 @@ def load_registry(spec: str | None) -> Registry:
 def make_runtime(args, registry: Registry) -> Any:
     if registry is not default_registry():
         return None
-    from ipgraph.limits import SPECS, Limits
     from ipgraph.nodes.core.runtime import Runtime
 
+    limits = make_limits(args)
     try:
-        limits = Limits.create(**{spec.field: getattr(args, spec.field, None) for spec in SPECS})
         return Runtime.create(models_dir=getattr(args, "models_dir", None),
                               output_dir=getattr(args, "output_dir", None), input_dir=getattr(args, "input_dir", None),
                               device=getattr(args, "device", None), dtype=getattr(args, "dtype", None), limits=limits)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def make_limits(args) -> Any:
+    from ipgraph.limits import SPECS, Limits
+
+    try:
+        return Limits.create(**{spec.field: getattr(args, spec.field, None) for spec in SPECS})
     except ValueError as exc:
         raise CliError(str(exc)) from None
 

@@ -158,13 +158,12 @@ class ConditioningOut(NodeOutputs):
     CONDITIONING: Any = Output("CONDITIONING")
 
 
-def _old_controlnet_apply(inputs: dict) -> str | None:
-    """ipgraph/1's ControlNetApply took positive and negative: that node is today's ControlNetApplyAdvanced."""
-    return "ControlNetApplyAdvanced" if ("positive" in inputs or "negative" in inputs) else None
+# ipgraph/1's ControlNetApply took positive and negative: that node is today's ControlNetApplyAdvanced.
+_OLD_CONTROLNET_APPLY = {"positive": "ControlNetApplyAdvanced", "negative": "ControlNetApplyAdvanced"}
 
 
 @node("ControlNetApply", category="conditioning/controlnet", display_name="Apply ControlNet (OLD)",
-      upgraded_from=_old_controlnet_apply)
+      upgraded_from=_OLD_CONTROLNET_APPLY)
 def controlnet_apply(inp: ControlNetApplyIn, ctx: NodeContext) -> ConditioningOut:
     """ComfyUI's legacy ControlNet node: one conditioning, the whole schedule. As in ComfyUI
     (``control_apply_to_uncond``), the control also acts on the negative side at sampling time, so it equals
