@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+CHROMIUM = os.environ.get("IPGRAPH_CHROMIUM", "/usr/bin/chromium")
 
 
 def free_port() -> int:
@@ -157,3 +162,28 @@ def real_server(tmp_path_factory):
     srv.start()
     yield srv
     srv.stop()
+
+
+def _skip_loudly(reason: str) -> None:
+    banner = "\n" + "!" * 78 + f"\n!!! BROWSER TEST SKIPPED: {reason}\n!!! run .ci/install-chromium.sh\n" + "!" * 78
+    print(banner, file=sys.stderr)
+    pytest.skip(f"BROWSER TEST SKIPPED: {reason}")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        _skip_loudly(f"no Chromium at {CHROMIUM}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _skip_loudly("the playwright Python package is not installed")
+    try:
+        import comfyui_frontend_package  # noqa: F401
+    except ImportError:
+        _skip_loudly("comfyui-frontend-package is not installed")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        yield b
+        b.close()

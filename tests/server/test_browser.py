@@ -8,42 +8,13 @@ Needs /usr/bin/chromium (``.ci/install-chromium.sh``) and the ``playwright`` Pyt
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-CHROMIUM = os.environ.get("IPGRAPH_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-
-
-def _skip_loudly(reason: str) -> None:
-    banner = "\n" + "!" * 78 + f"\n!!! BROWSER TEST SKIPPED: {reason}\n!!! run .ci/install-chromium.sh\n" + "!" * 78
-    print(banner, file=sys.stderr)
-    pytest.skip(f"BROWSER TEST SKIPPED: {reason}")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        _skip_loudly(f"no Chromium at {CHROMIUM}")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _skip_loudly("the playwright Python package is not installed")
-    try:
-        import comfyui_frontend_package  # noqa: F401
-    except ImportError:
-        _skip_loudly("comfyui-frontend-package is not installed")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                              args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        yield b
-        b.close()
 
 
 def test_editor_opens_bundled_workflow_and_runs_it(real_server, browser):
