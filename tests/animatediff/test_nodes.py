@@ -136,7 +136,8 @@ def test_per_frame_ipadapter_rows_follow_frames(models_dir):
     assert (both[[1, 3]] - second[[1, 3]]).abs().max() < 1e-5
     assert (first[3] - second[3]).abs().max() > 1e-3  # the two images really differ (cond rows)
     window = run(unfolded, rows=(1, 3), frames=[1])
-    assert (window - second[[1, 3]]).abs().max() < 1e-5
+    # against the same two rows run alone (a 2-row batch rounds differently from a 4-row one, ~1e-4 in float32)
+    assert (window - run(IPAdapterPatch(adapter, tokens[1:], zeros), rows=(1, 3))).abs().max() < 1e-5
 
 
 def test_evolved_names_build_the_same_model(engine):
