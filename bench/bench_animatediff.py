@@ -1,11 +1,14 @@
 """AnimateDiff: ipgraph vs diffusers' AnimateDiffPipeline on the same weights, chunked VAE decode memory, and
-the encode time of each video format, all on the tiny models (CPU, fp32).
+the encode time of each video format, all on the tiny models (CPU, fp32, one torch thread).
 
-    python bench/bench_animatediff.py [--models-dir DIR] [--steps N] [--repeats N]
+    python bench/bench_animatediff.py [--models-dir DIR] [--steps N] [--rounds N] [--profile] [--only PART]
 
 Prints:
-  sample : ipgraph 16-frame AnimateDiff graph (ApplyAnimateDiff + KSampler ddim, latents only, models loaded,
-           output cache cleared) / AnimateDiffPipeline(output_type="latent") with the same weights, noise, steps
+  sample : the 16-frame AnimateDiff graph (ApplyAnimateDiff + KSampler ddim, latents only, models loaded, output
+           cache cleared so every node runs), without and with IP-Adapter, against AnimateDiffPipeline
+           (output_type="latent", load_ip_adapter) with the same weights, noise and steps; both in this process,
+           alternating (ABBA), best of N; CPU-time and wall-time ratios (CPU time is the one to quote on a shared
+           machine); --profile splits each side into motion modules / rest of the UNet / outside the UNet
   decode : peak RSS (fresh child process each) of decoding 16 and 64 frames at 256 px through vae_decode
            (chunks of VAE_DECODE_CHUNK) vs one VAE call for the whole batch; chunked must grow sublinearly
   encode : seconds to write 16 frames of 256 px as gif / webp / png / mp4 / webm-vp9 / webm-av1, and file sizes
@@ -24,6 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 FRAMES = 16
+ENCODE_SETTINGS = {"gif": "256-colour fast-octree palette per frame", "webp": "lossless, method 4 (ComfyUI's default)",
+                   "png": "APNG, compress_level 4", "mp4": "H.264 crf 23, yuv420p", "webm-vp9": "VP9 crf 23",
+                   "webm-av1": "SVT-AV1 crf 23"}
 
 
 class _Clock:
@@ -193,7 +199,8 @@ def bench_encode() -> None:
     for fmt in ("gif", "webp", "png", "mp4", "webm-vp9", "webm-av1"):
         start = time.perf_counter()
         data = encode_bytes(images, fmt, 8.0)
-        print(f"encode : {fmt:9s} {FRAMES} frames 256 px: {time.perf_counter() - start:.3f} s, {len(data) / 1024:.0f} KiB")
+        print(f"encode : {fmt:9s} {FRAMES} frames 256 px: {time.perf_counter() - start:.3f} s, {len(data) / 1024:.0f} KiB"
+              f" ({ENCODE_SETTINGS[fmt]})")
 
 
 def main() -> None:
