@@ -29,6 +29,10 @@ SLOT_HEIGHT = 24
 
 
 IMAGE_PREVIEW_HEIGHT = 180  # the editor shows the chosen image under an upload widget
+# an output node that takes IMAGE shows its result under its widgets: still images are drawn on the canvas (the
+# editor grows the node), but animated ones (SaveAnimatedWEBP/PNG: an <img> DOM widget) fill only the room the
+# node already has, so that room is laid out here
+OUTPUT_PREVIEW_HEIGHT = 260
 
 
 def _node_size(nt, n_in: int, n_out: int, n_widgets: int, multiline: int, uploads: int = 0) -> list[int]:
@@ -81,6 +85,8 @@ def to_ui_workflow(graph: Graph, runtime: Any = None, name: str = "") -> dict:
         n_widgets = len([1 for _ in widgets_values])
         uploads = sum(1 for _, kind in widget_slots(nt) if kind == "upload") if nt is not None else 0
         size = _node_size(nt, len(inputs_ui), len(outputs_ui), n_widgets, multiline, uploads)
+        if nt is not None and nt.output_node and any(s.socket == "IMAGE" for s in nt.inputs.values()):
+            size[1] += OUTPUT_PREVIEW_HEIGHT
         title = (nt.display_name if nt is not None and nt.display_name else entry.type)
         nodes_out[node_id] = {
             "id": ids[node_id], "type": entry.type, "pos": [0, 0], "size": size, "flags": {},
