@@ -98,7 +98,13 @@ def encoder_family(hidden: int, projection: int) -> str | None:
 
 
 def adapter_family(info: IPAdapterInfo) -> str | None:
-    """The encoder family an adapter was trained on, from the width it consumes."""
+    """The encoder family an adapter was trained on, from the width it consumes (FaceID plus: the CLIP width of
+    its face-crop encoder; other FaceID adapters need no CLIP vision encoder: None)."""
+    if info.encoder_input == "face_embeds":
+        if info.clip_width is None:
+            return None
+        return next((n for n, members in ENCODER_FAMILIES.items() if any(m[0] == info.clip_width for m in members)),
+                    None)
     idx = 1 if info.encoder_input == "image_embeds" else 0
     for name, members in ENCODER_FAMILIES.items():
         if any(m[idx] == info.encoder_width for m in members):
@@ -178,8 +184,12 @@ def describe_adapter(name: str, info) -> str:
     kind = {"image_embeds": "image_embeds", "face_embeds": "InsightFace face embeddings"}.get(
         info.encoder_input, "penultimate hidden states")
     enc = f"{fam} " if fam else ""
-    return (f"{name}: {info.variant} adapter for {ARCH_NAMES.get(info.arch, 'an unknown base model')}, needs "
-            f"{enc}{kind} of width {info.encoder_width}")
+    base = f"{name}: {info.variant} adapter for {ARCH_NAMES.get(info.arch, 'an unknown base model')}, needs "
+    if info.encoder_input == "face_embeds":
+        clip = (f" and {enc}penultimate hidden states of width {info.clip_width} for the face crop"
+                if info.clip_width else "")
+        return f"{base}{kind} of width {info.encoder_width}{clip}"
+    return f"{base}{enc}{kind} of width {info.encoder_width}"
 
 
 def describe_encoder(name: str, info) -> str:
@@ -203,8 +213,15 @@ class Resolution:
     preset: str
     adapter_name: str
     adapter: IPAdapterInfo
-    encoder_name: str
-    encoder: EncoderInfo
+    encoder_name: str | None  # None: a FaceID (not plus) preset and no CLIP vision file (none is needed)
+    encoder: EncoderInfo | None
+
+
+def encoder_fits(info: IPAdapterInfo, enc: EncoderInfo) -> bool:
+    """Whether ``enc`` serves the adapter: its widths (FaceID plus: hidden width = the face-crop encoder's)."""
+    if info.encoder_input == "face_embeds":
+        return info.clip_width is None or enc.hidden_size == info.clip_width
+    return not check_pairing(info, enc)
 
 
 def _fits_preset(preset: Preset, name: str, info: IPAdapterInfo) -> bool:
@@ -241,8 +258,11 @@ def resolve(preset_name: str, unet: UNetInfo, adapters: list, encoders: list) ->
                           f"models/ipadapter has none{wrong_base}. Found: {inventory}.")
     readable = [(n, e) for n, e in encoders if not isinstance(e, Exception)]
     for name, info in fitting:
+        if info.encoder_input == "face_embeds" and info.clip_width is None:  # ViT-H if there is one, else none
+            vit_h = [(n, e) for n, e in readable if encoder_family(e.hidden_size, e.projection_dim) == "ViT-H"]
+            return Resolution(preset.name, name, info, *(vit_h[0] if vit_h else (None, None)))
         for enc_name, enc in readable:
-            if not check_pairing(info, enc):
+            if encoder_fits(info, enc):
                 return Resolution(preset.name, name, info, enc_name, enc)
     name, info = fitting[0]
     listing = "; ".join(describe_encoder(n, e) for n, e in encoders) or "no files at all"
