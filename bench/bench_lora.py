@@ -1,6 +1,6 @@
 """LoRA as a weight patch: sampling with a LoRA, switching LoRAs, and diffusers on the same file, in one process.
 
-    python bench/bench_lora.py [--models-dir DIR] [--size 128] [--steps 4] [--repeats 9] [--clock cpu|wall] [--switches 20]
+    python bench/bench_lora.py [--models-dir DIR] [--size 128] [--steps 4] [--repeats 15] [--clock cpu|wall] [--switches 20]
 
 Model: the ~100M-parameter SD1.5-layout benchmark checkpoint (``mid-sd15.safetensors``, nodes/tiny/sd.py,
 built from its config), one torch thread, CPU, float32, euler, cfg 7 (batch 2 through the UNet). Two kohya
@@ -15,7 +15,8 @@ Prints:
              "installed for sampling" choice); diffusers on the same file: fused / none and unfused
              (peft layers computing the LoRA every step) / none.
   switch   : A→B→A... on one warm checkpoint, ``--switches`` runs alternating the LoRA: a switch is one fuse
-             of the other set (timed alone, as KSampler enters it); the run right after a switch; RSS at start /
+             of the other set (timed alone, as KSampler enters it); the run right after a switch vs the next run
+             with the LoRA unchanged (paired, best of each); RSS at start /
              half-way / end, and the bytes of fused copies ipgraph holds (one set per model, however many
              switches);
              diffusers: unfuse_lora + unload_lora_weights + load_lora_weights + set_adapters + fuse_lora per
@@ -87,7 +88,7 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--switches", type=int, default=20)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--clock", choices=list(CLOCK), default="cpu")
@@ -194,6 +195,23 @@ def main() -> None:
     for r in range(args.repeats):
         for k in keys[r % len(keys):] + keys[: r % len(keys)]:
             best[k] = min(best[k], timed(variants[k]))
+    # the same UNet forward with the original and the fused weights, tightly alternated (less noise than runs)
+    x, ts = torch.randn(2, 4, args.size // 8, args.size // 8), torch.tensor([500.0, 500.0])
+    ctx = torch.randn(2, 77, unet_model.unet.config.cross_attention_dim)
+
+    def forward():
+        with torch.no_grad():
+            unet_model.unet(x, ts, encoder_hidden_states=ctx)
+
+    def forward_fused():
+        with weights_installed(unet_model.unet, unet_model.patches):
+            forward()
+
+    forward_fused()
+    fwd = {"orig": float("inf"), "fused": float("inf")}
+    for _ in range(2 * args.repeats):
+        fwd["orig"] = min(fwd["orig"], timed(forward))
+        fwd["fused"] = min(fwd["fused"], timed(forward_fused))
     run(names[0])  # leave the A set fused, as after a sampling
     d_unfused = None  # free its copies before the RSS phase
     gc.collect()
@@ -210,6 +228,9 @@ def main() -> None:
           f"{best['d_fused'] / best['d_none']:.3f}) | unfused peft layers {best['d_unfused']:.3f}s (ratio "
           f"{best['d_unfused'] / best['d_none']:.3f}); ipgraph/diffusers with the LoRA "
           f"{best['fused'] / best['d_fused']:.3f}, without {best['none'] / best['d_none']:.3f}")
+    print(f"           one UNet forward (batch 2), original weights {fwd['orig'] * 1000:.0f} ms, fused LoRA weights "
+          f"{fwd['fused'] * 1000:.0f} ms (ratio {fwd['fused'] / fwd['orig']:.3f}; best of {2 * args.repeats}, "
+          "alternating)")
     print(f"           ipgraph holds {sets} fused set ({held / 2**20:.1f} MB of patched weight copies; the UNet "
           f"is {n_params * 4 / 2**20:.0f} MB); diffusers load_lora_weights {d_load:.3f}s, fuse_lora {d_fuse:.3f}s")
 
@@ -225,9 +246,10 @@ def main() -> None:
         run(names[0]), run(names[1])
     gc.collect()
     rss0, held0 = rss_mb(), fused_bytes()[1]
-    after_switch, rss_mid = [], None
+    after_switch, unchanged, rss_mid = [], [], None
     for i in range(args.switches):
         after_switch.append(timed(lambda i=i: run(names[i % 2])))  # the other LoRA than the run before
+        unchanged.append(timed(lambda i=i: run(names[i % 2])))  # the same LoRA again, new seed
         if i + 1 == args.switches // 2:
             gc.collect()
             rss_mid = rss_mb()
@@ -236,10 +258,18 @@ def main() -> None:
     swap = min(timed(lambda i=i: swap_to(i % 2)) for i in range(2 * args.repeats))
     print(f"switch   : ipgraph {args.switches} alternations A/B: one switch (fuse of the other set) "
           f"{swap * 1000:.0f} ms; run right after a switch {min(after_switch):.3f}s vs LoRA unchanged "
-          f"{best['fused']:.3f}s; RSS {rss0:.0f} MB -> {rss_mid:.0f} MB after {args.switches // 2} -> {rss1:.0f} MB "
+          f"{min(unchanged):.3f}s (ratio {min(after_switch) / min(unchanged):.3f}); RSS {rss0:.0f} MB -> {rss_mid:.0f} MB after {args.switches // 2} -> {rss1:.0f} MB "
           f"after {args.switches} ({rss1 - rss0:+.0f} MB); fused copies held {held0 / 2**20:.1f} MB -> "
           f"{held1 / 2**20:.1f} MB in {sets1} set")
     switch_s = swap
+    series = [rss_mb()]
+    for i in range(4 * args.switches):  # many more, cheap (1 step, 64 px): RSS has no trend, only noise
+        engine.run(graph(names[i % 2], next(seeds), 1, 64), outputs=["ks"])
+        if (i + 1) % args.switches == 0:
+            gc.collect()
+            series.append(rss_mb())
+    print(f"           RSS over {4 * args.switches} more alternations (1 step, 64 px), every {args.switches}: "
+          f"{' -> '.join(f'{r:.0f}' for r in series)} MB; fused copies held {fused_bytes()[1] / 2**20:.1f} MB")
 
     d_switch = []
 
