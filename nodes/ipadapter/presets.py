@@ -5,7 +5,7 @@ users' most frequent complaint is "ClipVision model not found" for a file that w
 Here every file in ``models/ipadapter`` and ``models/clip_vision`` is described from its safetensors header
 (key names and shapes; no tensor is loaded) and a preset is a requirement on those descriptions:
 
-* the adapter's layout (base, light, plus, plus-face, full-face; FaceID kinds once they are readable),
+* the adapter's layout (base, light, plus, plus-face, full-face; faceid, faceid-plus(v2), faceid-portrait),
 * the base model it was made for (layer count, context width and per-layer widths must fit the MODEL),
 * the encoder family it needs (ViT-H or ViT-bigG), told apart by the encoder WIDTH the adapter consumes.
 
@@ -18,7 +18,9 @@ tiny random-weight stand-ins are (64, 32) for ViT-H and (96, 48) for ViT-bigG (n
 
 ``.bin`` files have no header: they are read once through ``torch.load(weights_only=True)`` and their
 description is cached by (path, size, mtime). FaceID presets are in the table (the FaceID unified loader uses
-the same resolver); their layouts are the ``faceid*`` variants that files.py reports for FaceID files.
+the same resolver); their layouts are the ``faceid*`` variants that files.py reports for FaceID files. A FaceID-plus
+adapter's encoder is matched by the hidden width of its face-crop encoder (``IPAdapterInfo.clip_width``); the
+other FaceID adapters need none (a ViT-H file is taken when there is one, as the pack always loads it).
 """
 
 from __future__ import annotations
