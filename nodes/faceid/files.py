@@ -109,11 +109,12 @@ def load_faceid(path: str | Path) -> FaceIDAdapter:
     to_v = tuple(ip[f"{j}.to_v_ip.weight"].float() for j in ids)
     dim = int(to_k[0].shape[1])
     tokens = int(image_proj.num_tokens)
-    info = IPAdapterInfo(path=str(path), variant=variant, arch=_guess_arch(len(ids), dim), cross_attention_dim=dim,
-                         num_layers=len(ids), layer_widths=tuple(int(t.shape[0]) for t in to_k),
-                         encoder_input="face_embeds", encoder_width=FACE_EMBED_WIDTH, tokens=tokens)
     clip_width = int(proj["perceiver_resampler.proj_in.weight"].shape[1]) if variant.startswith("faceid-plus") \
         else None
+    info = IPAdapterInfo(path=str(path), variant=variant, arch=_guess_arch(len(ids), dim), cross_attention_dim=dim,
+                         num_layers=len(ids), layer_widths=tuple(int(t.shape[0]) for t in to_k),
+                         encoder_input="face_embeds", encoder_width=FACE_EMBED_WIDTH, tokens=tokens,
+                         clip_width=clip_width)
     lora = {k: v for k, v in ip.items() if "_lora." in k}
     return FaceIDAdapter(IPAdapterWeights(info, image_proj, to_k, to_v), lora, clip_width)
 

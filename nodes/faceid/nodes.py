@@ -25,8 +25,7 @@ from ..core.types import ModelHandle
 from ..core.widgets import ModelName, model_file_check, model_file_fingerprint, runtime_of
 from ..ipadapter import IPAdapterPatch, check_pairing, combine_embeds, describe_unet, encode, layer_weights
 from ..ipadapter.clip_vision import ClipVision, ClipVisionOutput
-from ..ipadapter.encoder import load_clip_vision
-from ..ipadapter.files import IPAdapterWeights, describe_encoder
+from ..ipadapter.files import IPAdapterWeights
 from ..lora.apply import lora_patches
 from ..lora.files import load_lora
 from .files import FACE_EMBED_WIDTH, FaceIDAdapter, FaceIDFileError, load_faceid
@@ -315,23 +314,58 @@ def _encoders_on_device(ctx, *encoders):
 
 # -- ComfyUI_IPAdapter_plus -------------------------------------------------------------------------------
 
-# preset -> (adapter pattern SD1.5, SDXL, LoRA pattern SD1.5, SDXL): ComfyUI_IPAdapter_plus's utils.py patterns
-_PRESETS = {
-    "faceid": (r"faceid.sd15\.(safetensors|bin)$", r"faceid.sdxl\.(safetensors|bin)$",
-               r"faceid.sd15.lora\.safetensors$", r"faceid.sdxl.lora\.safetensors$"),
-    "faceid plus - sd1.5 only": (r"faceid.plus.sd15\.(safetensors|bin)$", None,
-                                 r"faceid.plus.sd15.lora\.safetensors$", None),
-    "faceid plus v2": (r"faceid.plusv2.sd15\.(safetensors|bin)$", r"faceid.plusv2.sdxl\.(safetensors|bin)$",
-                       r"faceid.plusv2.sd15.lora\.safetensors$", r"faceid.plusv2.sdxl.lora\.safetensors$"),
-    "faceid portrait (style transfer)": (r"portrait.v11.sd15\.(safetensors|bin)$|portrait.sd15\.(safetensors|bin)$",
-                                         r"portrait.sdxl\.(safetensors|bin)$", None, None),
+# The LoRA a FaceID preset loads with its adapter (ComfyUI_IPAdapter_plus's utils.py patterns, per SD1.5 / SDXL);
+# portrait adapters have none. The file named after the adapter (<adapter stem>_lora.safetensors) is tried first.
+_LORA_PATTERNS = {
+    "faceid": (r"faceid.sd15.lora\.safetensors$", r"faceid.sdxl.lora\.safetensors$"),
+    "faceid-plus": (r"faceid.plus.sd15.lora\.safetensors$", None),
+    "faceid-plusv2": (r"faceid.plusv2.sd15.lora\.safetensors$", r"faceid.plusv2.sdxl.lora\.safetensors$"),
 }
-_CLIP_VISION = (r"(ViT.H.14.*s32B.b79K|ipadapter.*sd15|sd1.?5.*model)\.(bin|safetensors)",
-                r"^tiny-clip-vision\.safetensors$")  # the pack's ViT-H pattern, then the bundled tiny encoder
 
 
 def _find(names: list[str], pattern: str) -> str | None:
     return next((n for n in names if re.search(pattern, n, re.IGNORECASE)), None)
+
+
+def _faceid_lora(runtime, adapter: FaceIDAdapter, model: ModelHandle, preset: str, strength: float):
+    """The model with the adapter's LoRA at ``strength``: the separate file users download, else the LoRA the
+    adapter file carries; a preset that needs one and finds neither is a sentence."""
+    patterns = _LORA_PATTERNS.get(adapter.variant)
+    if patterns is None or strength <= 0:
+        return model
+    stem = Path(adapter.weights.info.path).stem.lower()
+    names = runtime.list_models("loras")
+    pattern = patterns[1 if model.arch == "sdxl" else 0]
+    name = next((n for n in names if Path(n).stem.lower() == f"{stem}_lora"), None) or (
+        _find(names, pattern) if pattern else None)
+    if name is not None:
+        path = runtime.model_path("loras", name)
+        lora = runtime.models.load(("lora", str(path)), lambda: load_lora(path))
+    else:
+        lora = adapter.lora_for(model.unet)
+    if lora is None:
+        raise ValueError(f"input preset: {preset} needs the LoRA that goes with {Path(adapter.weights.info.path).name}"
+                         f" and found none: {Path(adapter.weights.info.path).name} carries no LoRA weights and "
+                         f"{runtime.model_folder('loras')} has no {stem}_lora.safetensors (nor a file matching "
+                         f"{pattern}); put the adapter's *_lora.safetensors there, or set lora_strength to 0")
+    patch, _ = lora_patches(lora, model, None, strength, 0.0)
+    return model.with_patch(patch) if patch is not None else model
+
+
+def _faceid_folders_fingerprint(literals: dict, runtime) -> str:
+    """The loader's answer depends on every file of the three folders it reads: fingerprint them (stat only)."""
+    if runtime is None:
+        return ""
+    from ..core.runtime import ModelNotFound, file_fingerprint
+
+    parts = []
+    for kind in ("ipadapter", "clip_vision", "loras"):
+        for name in runtime.list_models(kind):
+            try:
+                parts.append(file_fingerprint(runtime.model_path(kind, name)))
+            except ModelNotFound:
+                pass
+    return "|".join(parts)
 
 
 class UnifiedLoaderFaceIDIn(NodeInputs):
@@ -347,45 +381,33 @@ class UnifiedLoaderFaceIDOut(NodeOutputs):
     ipadapter: Any = Output("IPADAPTER")
 
 
-@node("IPAdapterUnifiedLoaderFaceID", category="ipadapter/faceid", display_name="IPAdapter Unified Loader FaceID")
+@node("IPAdapterUnifiedLoaderFaceID", category="ipadapter/faceid", display_name="IPAdapter Unified Loader FaceID",
+      fingerprint=_faceid_folders_fingerprint)
 def unified_loader_faceid(inp: UnifiedLoaderFaceIDIn, ctx: NodeContext) -> UnifiedLoaderFaceIDOut:
-    """Find the preset's FaceID adapter, its LoRA, the ViT-H encoder and InsightFace buffalo_l by file name."""
+    """The preset's FaceID adapter and CLIP vision encoder read from the files' weights (the resolver of
+    IPAdapterUnifiedLoader), the adapter's LoRA at lora_strength, and InsightFace buffalo_l."""
+    from ..ipadapter.plus_nodes import _load_clip_vision
+    from ..ipadapter.presets import PresetError, resolve, scan
+
     runtime = runtime_of(ctx)
     model: ModelHandle = inp.model
-    sdxl = model.arch == "sdxl"
-    preset = inp.preset.lower()
-    if preset not in _PRESETS:
-        raise ValueError(f"input preset: {inp.preset!r} is not supported by ipgraph (portrait unnorm adapters are "
-                         "not); choose another FaceID preset")
-    p15, pxl, l15, lxl = _PRESETS[preset]
-    pattern, lora_pattern = (pxl, lxl) if sdxl else (p15, l15)
-    if pattern is None:
-        raise ValueError(f"input preset: {inp.preset} has no SDXL adapter; use FACEID or FACEID PLUS V2")
-    name = _find(runtime.list_models("ipadapter"), pattern)
-    if name is None:
-        raise ValueError(f"input preset: no adapter for {inp.preset} ({'SDXL' if sdxl else 'SD1.5'}) in "
-                         f"{runtime.model_folder('ipadapter')}: expected a file matching {pattern}")
-    adapter = _faceid_file(runtime, runtime.model_path("ipadapter", name))
-    cv_name = next((n for pat in _CLIP_VISION if (n := _find(runtime.list_models("clip_vision"), pat))), None)
+    try:
+        found = resolve(inp.preset, describe_unet(model.unet), scan(runtime, "ipadapter"), scan(runtime, "clip_vision"))
+    except PresetError as exc:
+        raise ValueError(f"input preset: {exc}") from None
+    chained = inp.ipadapter if isinstance(inp.ipadapter, FaceIDPipeline) else None
+    path = runtime.model_path("ipadapter", found.adapter_name)
+    if chained is not None and chained.adapter.weights.info.path == str(path):
+        adapter = chained.adapter
+    else:
+        adapter = _faceid_file(runtime, path)
     clip_vision = None
-    if cv_name is not None:
-        path = runtime.model_path("clip_vision", cv_name)
-        cv_model = runtime.models.load(("clip_vision", str(path)), lambda: load_clip_vision(path))
-        clip_vision = ClipVision(cv_model, describe_encoder(cv_model), str(path))
-    elif adapter.is_plus:
-        raise ValueError(f"input preset: {inp.preset} needs the ViT-H CLIP vision encoder in "
-                         f"{runtime.model_folder('clip_vision')} (CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors)")
-    if lora_pattern is not None and inp.lora_strength > 0:
-        lora_name = _find(runtime.list_models("loras"), lora_pattern)
-        if lora_name is not None:  # the separate *_lora.safetensors the pack loads
-            path = runtime.model_path("loras", lora_name)
-            lora = runtime.models.load(("lora", str(path)), lambda: load_lora(path))
-            patch, _ = lora_patches(lora, model, None, inp.lora_strength, 0.0)
-        else:  # the LoRA inside the adapter file
-            lora = adapter.lora_for(model.unet)
-            patch = lora_patches(lora, model, None, inp.lora_strength, 0.0)[0] if lora else None
-        if patch is not None:
-            model = model.with_patch(patch)
+    if found.encoder_name is not None:
+        c_path = runtime.model_path("clip_vision", found.encoder_name)
+        chained_cv = getattr(inp.ipadapter, "clip_vision", None)
+        clip_vision = chained_cv if getattr(chained_cv, "source", None) == str(c_path) else \
+            _load_clip_vision(runtime, c_path)
+    model = _faceid_lora(runtime, adapter, model, inp.preset, inp.lora_strength)
     face = _insightface(runtime, "buffalo_l", inp.provider)
     return UnifiedLoaderFaceIDOut(MODEL=model, ipadapter=FaceIDPipeline(adapter, clip_vision, face))
 

@@ -58,6 +58,7 @@ class IPAdapterInfo:
         int  # projection width (image_embeds) or hidden width (hidden_states) the encoder must give
     )
     tokens: int  # image tokens per reference image after projection
+    clip_width: int | None = None  # FaceID plus: hidden width of the CLIP vision encoder for the face crop
 
     @property
     def arch_name(self) -> str:
@@ -291,9 +292,11 @@ def faceid_info(path: Path, proj: dict, ip: dict) -> IPAdapterInfo:
     widths = tuple(int(ip[f"{j}.to_k_ip.weight"][0]) for j in ids)
     dim = int(ip[f"{ids[0]}.to_k_ip.weight"][1])
     rows = int(proj["proj.2.weight"][0]) if "proj.2.weight" in proj else dim
+    clip = proj.get("perceiver_resampler.proj_in.weight")
     return IPAdapterInfo(path=str(path), variant=variant, arch=_guess_arch(len(ids), dim), cross_attention_dim=dim,
                          num_layers=len(ids), layer_widths=widths, encoder_input="face_embeds",
-                         encoder_width=FACE_EMBED_WIDTH, tokens=max(1, rows // dim))
+                         encoder_width=FACE_EMBED_WIDTH, tokens=max(1, rows // dim),
+                         clip_width=int(clip[1]) if clip is not None else None)
 
 
 def _describe(path: Path, proj: dict, ip: dict) -> IPAdapterInfo:

@@ -5,7 +5,7 @@ users' most frequent complaint is "ClipVision model not found" for a file that w
 Here every file in ``models/ipadapter`` and ``models/clip_vision`` is described from its safetensors header
 (key names and shapes; no tensor is loaded) and a preset is a requirement on those descriptions:
 
-* the adapter's layout (base, light, plus, plus-face, full-face; FaceID kinds once they are readable),
+* the adapter's layout (base, light, plus, plus-face, full-face; faceid, faceid-plus(v2), faceid-portrait),
 * the base model it was made for (layer count, context width and per-layer widths must fit the MODEL),
 * the encoder family it needs (ViT-H or ViT-bigG), told apart by the encoder WIDTH the adapter consumes.
 
@@ -18,7 +18,9 @@ tiny random-weight stand-ins are (64, 32) for ViT-H and (96, 48) for ViT-bigG (n
 
 ``.bin`` files have no header: they are read once through ``torch.load(weights_only=True)`` and their
 description is cached by (path, size, mtime). FaceID presets are in the table (the FaceID unified loader uses
-the same resolver); their layouts are the ``faceid*`` variants that files.py reports for FaceID files.
+the same resolver); their layouts are the ``faceid*`` variants that files.py reports for FaceID files. A FaceID-plus
+adapter's encoder is matched by the hidden width of its face-crop encoder (``IPAdapterInfo.clip_width``); the
+other FaceID adapters need none (a ViT-H file is taken when there is one, as the pack always loads it).
 """
 
 from __future__ import annotations
@@ -98,7 +100,13 @@ def encoder_family(hidden: int, projection: int) -> str | None:
 
 
 def adapter_family(info: IPAdapterInfo) -> str | None:
-    """The encoder family an adapter was trained on, from the width it consumes."""
+    """The encoder family an adapter was trained on, from the width it consumes (FaceID plus: the CLIP width of
+    its face-crop encoder; other FaceID adapters need no CLIP vision encoder: None)."""
+    if info.encoder_input == "face_embeds":
+        if info.clip_width is None:
+            return None
+        return next((n for n, members in ENCODER_FAMILIES.items() if any(m[0] == info.clip_width for m in members)),
+                    None)
     idx = 1 if info.encoder_input == "image_embeds" else 0
     for name, members in ENCODER_FAMILIES.items():
         if any(m[idx] == info.encoder_width for m in members):
@@ -178,8 +186,12 @@ def describe_adapter(name: str, info) -> str:
     kind = {"image_embeds": "image_embeds", "face_embeds": "InsightFace face embeddings"}.get(
         info.encoder_input, "penultimate hidden states")
     enc = f"{fam} " if fam else ""
-    return (f"{name}: {info.variant} adapter for {ARCH_NAMES.get(info.arch, 'an unknown base model')}, needs "
-            f"{enc}{kind} of width {info.encoder_width}")
+    base = f"{name}: {info.variant} adapter for {ARCH_NAMES.get(info.arch, 'an unknown base model')}, needs "
+    if info.encoder_input == "face_embeds":
+        clip = (f" and {enc}penultimate hidden states of width {info.clip_width} for the face crop"
+                if info.clip_width else "")
+        return f"{base}{kind} of width {info.encoder_width}{clip}"
+    return f"{base}{enc}{kind} of width {info.encoder_width}"
 
 
 def describe_encoder(name: str, info) -> str:
@@ -203,8 +215,15 @@ class Resolution:
     preset: str
     adapter_name: str
     adapter: IPAdapterInfo
-    encoder_name: str
-    encoder: EncoderInfo
+    encoder_name: str | None  # None: a FaceID (not plus) preset and no CLIP vision file (none is needed)
+    encoder: EncoderInfo | None
+
+
+def encoder_fits(info: IPAdapterInfo, enc: EncoderInfo) -> bool:
+    """Whether ``enc`` serves the adapter: its widths (FaceID plus: hidden width = the face-crop encoder's)."""
+    if info.encoder_input == "face_embeds":
+        return info.clip_width is None or enc.hidden_size == info.clip_width
+    return not check_pairing(info, enc)
 
 
 def _fits_preset(preset: Preset, name: str, info: IPAdapterInfo) -> bool:
@@ -241,8 +260,11 @@ def resolve(preset_name: str, unet: UNetInfo, adapters: list, encoders: list) ->
                           f"models/ipadapter has none{wrong_base}. Found: {inventory}.")
     readable = [(n, e) for n, e in encoders if not isinstance(e, Exception)]
     for name, info in fitting:
+        if info.encoder_input == "face_embeds" and info.clip_width is None:  # ViT-H if there is one, else none
+            vit_h = [(n, e) for n, e in readable if encoder_family(e.hidden_size, e.projection_dim) == "ViT-H"]
+            return Resolution(preset.name, name, info, *(vit_h[0] if vit_h else (None, None)))
         for enc_name, enc in readable:
-            if not check_pairing(info, enc):
+            if encoder_fits(info, enc):
                 return Resolution(preset.name, name, info, enc_name, enc)
     name, info = fitting[0]
     listing = "; ".join(describe_encoder(n, e) for n, e in encoders) or "no files at all"

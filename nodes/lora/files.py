@@ -8,10 +8,12 @@ Formats (read from the keys, never from the file name):
   ``.lora_down.weight`` / ``.lora_up.weight`` (+ ``.lora_mid.weight``) and ``.alpha``.
 * LyCORIS LoHa (``.hada_w1_a/_b``, ``.hada_w2_a/_b``, optional ``.hada_t1/_t2``) and LoKr (``.lokr_w1`` or
   ``.lokr_w1_a/_b``, ``.lokr_w2`` or ``.lokr_w2_a/_b``, optional ``.lokr_t2``), same prefixes; ``.diff`` full
-  weight differences. DoRA (``dora_scale``) is not supported and is reported as such.
+  weight differences. DoRA: ``.dora_scale`` next to any of these (ComfyUI's convention, see
+  :class:`patch.DoraTerm`).
 * diffusers / peft: ``unet.<module>`` / ``text_encoder.`` / ``text_encoder_2.`` with ``.lora_A.weight`` /
   ``.lora_B.weight`` (also diffusers' older ``.lora.down/up.weight``, ``.lora_linear_layer.down/up.weight`` and
-  ``processor.to_q_lora.down.weight``), and unprefixed UNet-only files (``down_blocks....``).
+  ``processor.to_q_lora.down.weight``), and unprefixed UNet-only files (``down_blocks....``); DoRA as diffusers
+  saves it, ``.lora_magnitude_vector`` (peft's convention).
 
 ``.safetensors`` files are read with safetensors; ``.pt`` / ``.bin`` / ``.ckpt`` only through
 ``torch.load(weights_only=True)`` (a hostile pickle cannot run code).
@@ -26,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..models.single_file import unet_to_original
-from .patch import FullTerm, LohaTerm, LokrTerm, LoraTerm
+from .patch import DoraTerm, FullTerm, LohaTerm, LokrTerm, LoraTerm
 
 KOHYA_PREFIXES = (("lora_unet_", "unet"), ("lora_te1_", "te0"), ("lora_te2_", "te1"), ("lora_te_", "te0"))
 PEFT_PREFIXES = (("unet.", "unet"), ("text_encoder_2.", "te1"), ("text_encoder.", "te0"))
@@ -38,6 +40,7 @@ SUFFIXES = {  # key ending -> field of the module entry
     ".hada_w1_a": "w1a", ".hada_w1_b": "w1b", ".hada_w2_a": "w2a", ".hada_w2_b": "w2b", ".hada_t1": "t1",
     ".hada_t2": "t2", ".lokr_w1": "k1", ".lokr_w1_a": "k1a", ".lokr_w1_b": "k1b", ".lokr_w2": "k2",
     ".lokr_w2_a": "k2a", ".lokr_w2_b": "k2b", ".lokr_t2": "kt2", ".diff": "diff", ".dora_scale": "dora",
+    ".lora_magnitude_vector": "magnitude", ".lora_magnitude_vector.weight": "magnitude",
 }
 PART_NAMES = {"unet": "UNet", "te0": "text encoder", "te1": "second text encoder (SDXL)"}
 
@@ -104,9 +107,15 @@ def _split_key(key: str) -> tuple[str, str, str] | None:
 
 
 def _term(entry: dict, key: str, name: str):
+    if "dora" in entry or "magnitude" in entry:
+        rest = {k: v for k, v in entry.items() if k not in ("dora", "magnitude")}
+        if not rest:
+            raise LoraFileError(f"{name} is damaged: module {key} has a DoRA magnitude but no LoRA weights.")
+        inner = _term(rest, key, name)
+        if "dora" in entry:
+            return DoraTerm(inner, entry["dora"], "comfy")
+        return DoraTerm(inner, entry["magnitude"], "peft")
     alpha = float(entry["alpha"]) if "alpha" in entry else None
-    if "dora" in entry:
-        raise LoraFileError(f"{name} is a DoRA LoRA (module {key} has dora_scale), which ipgraph does not load.")
     if "up" in entry and "down" in entry:
         return LoraTerm(entry["up"], entry["down"], alpha, entry.get("mid"))
     if all(f in entry for f in ("w1a", "w1b", "w2a", "w2b")):
@@ -147,7 +156,7 @@ def parse_lora(tensors: dict[str, torch.Tensor], source: str) -> LoraFile:
     terms = {k: _term(e, f"{k[0]}:{k[1]}", path.name) for k, e in entries.items()}
     keys = list(tensors)
     if any(k.startswith(tuple(p for p, _ in KOHYA_PREFIXES)) for k in keys):
-        lyco = any(isinstance(t, (LohaTerm, LokrTerm)) for t in terms.values())
+        lyco = any(isinstance(getattr(t, "inner", t), (LohaTerm, LokrTerm)) for t in terms.values())
         fmt = "lycoris" if lyco else "kohya"
     else:
         fmt = "peft"
@@ -172,8 +181,6 @@ def inspect_lora(path: Path) -> list[str]:
     if not any(_split_key(k) for k in keys):
         return [f"{path.name} is not a LoRA file: none of its {len(keys)} keys is a LoRA weight "
                 "(expected kohya lora_unet_/lora_te_ keys or diffusers unet./text_encoder. keys with lora_A/lora_B)."]
-    if any(k.endswith(".dora_scale") for k in keys):
-        return [f"{path.name} is a DoRA LoRA (it has dora_scale weights), which ipgraph does not load."]
     return []
 
 
@@ -214,6 +221,8 @@ def clip_weight_names(text_encoders) -> dict[str, dict[str, str]]:
 def term_fits(term, shape: torch.Size) -> bool:
     """Whether the term's Δ has the weight's shape (checked from the factors, nothing is computed)."""
     numel = shape.numel()
+    if isinstance(term, DoraTerm):
+        return term.fits(shape) and term_fits(term.inner, shape)
     if isinstance(term, LoraTerm):
         if term.up.shape[0] != shape[0]:
             return False

@@ -22,6 +22,8 @@ Terms (r = rank, α = the file's alpha, α/r = 1 when the file has no alpha):
   neither factor is decomposed).
 * :class:`FullTerm`: ``Δ`` stored whole (``.diff`` keys).
 * :class:`WeightOf`: another model's weight (model merges), that model's own weight patches included.
+* :class:`DoraTerm` (DoRA, weight-decomposed LoRA): not a plain ``Δ`` but a rewrite of ``w`` around any of the
+  terms above (``inner``, its Δ with α/r included), see the class for the two conventions.
 """
 
 from __future__ import annotations
@@ -122,6 +124,55 @@ class FullTerm:
 
 
 @dataclass(frozen=True, eq=False)
+class DoraTerm:
+    """DoRA: the direction of ``w + Δ`` renormalised to a learned magnitude ``m``.
+
+    With ``V = w + s_in·Δ`` (Δ = ``inner``'s difference, α/r included) and ``‖V‖`` the L2 norm taken over every
+    axis but one (the ``norm_axis``), the DoRA weight is ``D = m · V / ‖V‖`` (broadcast along ``norm_axis``).
+    Two conventions exist and both are what their loaders do, so both are kept exactly:
+
+    * ``style="comfy"``: kohya / LyCORIS files (``<module>.dora_scale``), as ComfyUI's ``weight_decompose``:
+      ``s_in = 1`` and the strength ``s`` interpolates outside, ``w' = w + s·(D − w)``. The magnitude's shape
+      says the axis: ``[1, in, ...]`` (LyCORIS' default, and the only form ComfyUI reads) is a norm per input
+      channel (over axis 0 and the kernel axes); ``[out, 1, ...]`` / ``[out]`` (LyCORIS ``wd_on_out``) per
+      output channel.
+    * ``style="peft"``: diffusers / peft files (``<module>.lora_magnitude_vector``, shape ``[out]``), as peft's
+      ``merge`` (what diffusers' ``fuse_lora`` runs): the strength scales Δ inside, ``s_in = s``, ``w' = D``,
+      the norm is per output channel.
+
+    At strength 1 the two agree; at strength 0 ``w`` is unchanged in both.
+    """
+
+    inner: Any
+    magnitude: torch.Tensor
+    style: str = "comfy"  # "comfy" | "peft"
+
+    def output_axis(self, shape: torch.Size) -> bool:
+        """Whether the magnitude runs along the output channels (axis 0) rather than the inputs (axis 1)."""
+        m = self.magnitude
+        return self.style == "peft" or m.ndim == 1 or m.shape[0] != 1
+
+    def fits(self, shape: torch.Size) -> bool:
+        n = self.magnitude.numel()
+        return n == (shape[0] if self.output_axis(shape) else (shape[1] if len(shape) > 1 else -1))
+
+    def apply(self, w: torch.Tensor, strength: float, device) -> torch.Tensor:
+        delta = self.inner.diff(w.shape, device)
+        v = w + (strength if self.style == "peft" else 1.0) * delta
+        if self.output_axis(w.shape):
+            norm = v.reshape(v.shape[0], -1).norm(dim=1).reshape(v.shape[0], *[1] * (v.ndim - 1))
+            mag = self.magnitude.to(device, torch.float32).reshape(v.shape[0], *[1] * (v.ndim - 1))
+        else:
+            norm = v.transpose(0, 1).reshape(v.shape[1], -1).norm(dim=1)
+            norm = norm.reshape(1, v.shape[1], *[1] * (v.ndim - 2))
+            mag = self.magnitude.to(device, torch.float32).reshape(1, v.shape[1], *[1] * (v.ndim - 2))
+        dora = v * (mag / norm)
+        if self.style == "peft" or strength == 1.0:
+            return dora
+        return w + strength * (dora - w)
+
+
+@dataclass(frozen=True, eq=False)
 class WeightOf:
     """Weight ``name`` of another target (a UNet or a tuple of text encoders) with that target's patches."""
 
@@ -168,7 +219,11 @@ def patched_weight(weight: torch.Tensor, name: str, patches, device=None, dtype=
             continue
         if patch.strength_model != 1.0:
             w = w * patch.strength_model
-        if patch.strength_patch != 0.0:
+        if patch.strength_patch == 0.0:
+            continue
+        if isinstance(term, DoraTerm):
+            w = term.apply(w, patch.strength_patch, device)
+        else:
             w = w + patch.strength_patch * term.diff(w.shape, device)
     return w.to(dtype)
 

@@ -8,6 +8,9 @@
   ``lora_te1_``/``lora_te2_``); ``tiny-sdxl-lora-peft.safetensors`` (``text_encoder_2.`` too).
 * ``tiny-sd15-locon.safetensors``: kohya LoCon (also the resnet convs, original naming, one with a Tucker mid);
   ``tiny-sd15-loha.safetensors`` / ``tiny-sd15-lokr.safetensors``: LyCORIS LoHa / LoKr.
+* ``tiny-sd15-dora-kohya.safetensors``: LyCORIS DoRA in kohya layout (``.dora_scale`` ``[1, in]``, what ComfyUI
+  reads); ``tiny-sd15-dora-peft.safetensors``: diffusers/peft DoRA (``.lora_magnitude_vector`` ``[out]``, as
+  ``save_lora_weights`` writes a ``use_dora=True`` adapter), UNet only.
 
 Random factors (fixed seeds) scaled so that a LoRA visibly changes the tiny models' output.
 """
@@ -112,6 +115,49 @@ def lycoris(unet, kind: str, seed: int, rank=4) -> dict:
     return sd
 
 
+def _magnitude(weight: torch.Tensor, delta: torch.Tensor, per_output: bool, g: torch.Generator) -> torch.Tensor:
+    """A trained-looking DoRA magnitude: the norm of ``weight + delta`` (per output or input channel) × 0.5..1.5."""
+    v = weight.detach().float() + delta.reshape(weight.shape)
+    if per_output:
+        norm = v.reshape(v.shape[0], -1).norm(dim=1)
+    else:
+        norm = v.transpose(0, 1).reshape(v.shape[1], -1).norm(dim=1).reshape(1, v.shape[1], *[1] * (v.ndim - 2))
+    return norm * (0.5 + torch.rand(norm.shape, generator=g))
+
+
+def kohya_dora(unet, seed: int, rank=4) -> dict:
+    """LyCORIS DoRA on the UNet's attention / feed-forward linears, kohya prefixes, ``dora_scale`` ``[1, in]``."""
+    g = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+    alpha = float(rank) / 2
+    for n, w in _targets(unet, ATTN).items():
+        down, up = _pair(w, rank, g)
+        key = "lora_unet_" + flat(n)
+        sd.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(alpha),
+                   f"{key}.dora_scale": _magnitude(w, alpha / rank * up.flatten(1) @ down.flatten(1), False, g)})
+    return {k: v.to(torch.float16) for k, v in sd.items()}
+
+
+def peft_dora(unet, text_encoders, seed: int, rank=4) -> dict:
+    """diffusers/peft DoRA (``use_dora=True``): ``lora_A``/``lora_B`` + ``lora_magnitude_vector`` ``[out]``.
+
+    The bundled file is UNet-only: diffusers 0.42 + transformers load a text encoder's ``lora_magnitude_vector``
+    under another name and leave the magnitudes at their initial values (its load report says MISSING), so no
+    oracle exists for DoRA text encoders; ipgraph reads them the same way as the UNet's.
+    """
+    g = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+    for prefix, module, endings in [("unet", unet, ATTN)] + [(p, e, TE) for p, e in zip(
+            ("text_encoder", "text_encoder_2"), text_encoders, strict=False)]:
+        for n, w in _targets(module, endings).items():
+            down, up = _pair(w, rank, g)
+            if prefix != "unet" and not n.startswith("text_model."):
+                n = "text_model." + n
+            sd.update({f"{prefix}.{n}.lora_A.weight": down, f"{prefix}.{n}.lora_B.weight": up,
+                       f"{prefix}.{n}.lora_magnitude_vector": _magnitude(w, up @ down, True, g)})
+    return sd
+
+
 def write_tiny_loras(models_dir: Path, models: dict) -> dict[str, Path]:
     """Write every tiny LoRA into ``models_dir/loras``; ``models`` maps "sd15"/"sdxl" to build_tiny dicts."""
     folder = Path(models_dir) / "loras"
@@ -131,6 +177,8 @@ def write_tiny_loras(models_dir: Path, models: dict) -> dict[str, Path]:
         "tiny-sd15-locon.safetensors": lambda: lycoris(unet("sd15"), "locon", 104),
         "tiny-sd15-loha.safetensors": lambda: lycoris(unet("sd15"), "loha", 105),
         "tiny-sd15-lokr.safetensors": lambda: lycoris(unet("sd15"), "lokr", 106),
+        "tiny-sd15-dora-kohya.safetensors": lambda: kohya_dora(unet("sd15"), 107),
+        "tiny-sd15-dora-peft.safetensors": lambda: peft_dora(unet("sd15"), (), 108),
     }
     out = {}
     for name, make in makers.items():
