@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leases a job gets before a lost worker fails it for good (default 2)")
     w.add_argument("--routing", default="affinity", choices=["affinity", "fifo", "random"],
                    help="which pending job a free worker takes (default: cache affinity)")
+    w.add_argument("--batch", type=int, default=4,
+                   help="queued jobs that differ only in their seeds run as one sampling batch, at most this "
+                        "many (default 4; 1 = one job at a time; in-process worker)")
     return p
 
 
@@ -72,7 +75,7 @@ def config_from_args(args: argparse.Namespace):
         cache_bytes=int(args.cache_gb * 1024**3),
         serve_frontend=not args.no_frontend,
         workers=args.workers, worker_count=args.worker_count, lease_s=args.lease_s,
-        max_attempts=max(1, args.max_attempts), routing=args.routing,
+        max_attempts=max(1, args.max_attempts), routing=args.routing, batch=max(1, args.batch),
     )
 
 
