@@ -145,9 +145,13 @@ def sample_batch(ctxs, model: ModelHandle, positive, negative, latents: list[Lat
     return [part.clone() for part in result.samples.split(split)]
 
 
+SOCKETS = ("model", "positive", "negative")
+
+
 def _same(inputs: list, names: tuple[str, ...]) -> bool:
+    """The calls share these inputs: the same objects for sockets (one upstream output), equal widgets."""
     first = inputs[0]
-    return all(getattr(inp, n) is getattr(first, n) or getattr(inp, n) == getattr(first, n)
+    return all(getattr(inp, n) is getattr(first, n) or (n not in SOCKETS and getattr(inp, n) == getattr(first, n))
                for inp in inputs[1:] for n in names)
 
 
