@@ -137,6 +137,8 @@ def sample_batch(ctxs, model: ModelHandle, positive, negative, latents: list[Lat
 
     conds = [c for c in (positive, negative) if c is not None]
     controls = _control_models(*conds)
+    if hasattr(runtime, "prepare"):
+        runtime.prepare(model.unet)
     with runtime.models.on_device(model.unet, *controls), per_job_linears([model.unet, *controls], len(split),
                                                                            split[0]):
         result = run_sampling(model, positive, negative, stacked, cfg=cfg, sampler=sampler, plan=plan,

@@ -119,6 +119,8 @@ class ImageOut(NodeOutputs):
 def vae_decode_node(inp: VAEDecodeIn, ctx: NodeContext) -> ImageOut:
     """Decode a latent into images."""
     runtime = runtime_of(ctx)
+    if hasattr(runtime, "prepare"):
+        runtime.prepare(inp.vae.vae)
     with runtime.models.on_device(inp.vae.vae):
         return ImageOut(IMAGE=vae_decode(inp.vae, inp.samples.samples, runtime.device))
 
@@ -166,6 +168,8 @@ def vae_decode_tiled_node(inp: VAEDecodeTiledIn, ctx: NodeContext) -> ImageOut:
     """Decode a latent into images tile by tile (bounded memory for large images); the seams are blended over
     ``overlap`` pixels as diffusers' enable_vae_tiling does."""
     runtime = runtime_of(ctx)
+    if hasattr(runtime, "prepare"):
+        runtime.prepare(inp.vae.vae)
     with runtime.models.on_device(inp.vae.vae):
         return ImageOut(IMAGE=vae_decode_tiled(inp.vae, inp.samples.samples, runtime.device, inp.tile_size,
                                                inp.overlap))

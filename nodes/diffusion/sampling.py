@@ -388,6 +388,8 @@ def sample_node(ctx: NodeContext, model: ModelHandle, positive, negative, latent
     check_job_size(latent, max(0, steps), runtime)
     latent = with_inpaint_concat(latent, model)
     conds = [c for c in (positive, negative) if c is not None]
+    if hasattr(runtime, "prepare"):
+        runtime.prepare(model.unet)
     with runtime.models.on_device(model.unet, *_control_models(*conds)):
         return run_sampling(model, positive, negative, latent, cfg=cfg, sampler=sampler, plan=plan, seed=seed,
                             add_noise=add_noise, device=runtime.device, dtype=runtime.dtype,
