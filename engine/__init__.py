@@ -18,11 +18,11 @@ from .executor import (
     ValidationFailed,
 )
 from .graph import FORMAT, Graph, GraphBuildError, GraphFormatError, Link, NodeRef
-from .node import REGISTRY, NodeInputs, NodeOutputs, NodeType, Output, Registry, Socket, node
+from .node import REGISTRY, BatchPolicy, NodeInputs, NodeOutputs, NodeType, Output, Registry, Socket, node
 from .validate import GraphProblem, validate
 
 __all__ = [
-    "CancelToken", "Engine", "FORMAT", "Graph", "GraphBuildError", "GraphFormatError", "GraphProblem",
+    "BatchPolicy", "CancelToken", "Engine", "FORMAT", "Graph", "GraphBuildError", "GraphFormatError", "GraphProblem",
     "InputMutatedError", "Link", "NodeContext", "NodeError", "NodeFailed", "NodeInputs", "NodeOutputs",
     "NodeRef", "NodeType", "Output", "OutputCache", "REGISTRY", "Registry", "RunCancelledError", "RunResult",
     "Socket", "ValidationFailed", "events", "node", "validate",

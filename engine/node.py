@@ -122,6 +122,20 @@ def _widget_type(annotation: Any) -> tuple[str, tuple | None]:
     return "JSON", None
 
 
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How runs of several graphs that differ only in some literal inputs of this node share one call.
+
+    ``varying``: the literal inputs that may differ between the graphs of one batch (a seed). ``run(inputs,
+    contexts)`` gets one inputs model and one context per distinct call (in the graphs' order) and returns one
+    outputs model per call, each equal to what the node alone would return for it, or None when these calls
+    cannot share one (the engine then runs them one by one). Each context reports to its own run(s).
+    """
+
+    varying: tuple[str, ...]
+    run: Callable[[list, list], list | None]
+
+
 @dataclass
 class NodeType:
     """A registered node type: the function, its input/output models and its policies."""
@@ -144,6 +158,7 @@ class NodeType:
     upgraded_from: dict[str, str] = field(default_factory=dict)  # an input only an older node had -> today's type
     inputs: dict[str, InputSpec] = field(default_factory=dict)
     outputs: dict[str, OutputSpec] = field(default_factory=dict)
+    batch: BatchPolicy | None = None  # set with Registry.set_batch
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(self.inputs_model, include_extras=True)
@@ -208,6 +223,16 @@ class Registry:
             raise ValueError(f"node type {node_type.type_name!r} is registered twice")
         self._types[node_type.type_name] = node_type
         return node_type
+
+    def set_batch(self, type_name: str, varying: Iterable[str], run: Callable[[list, list], list | None]) -> None:
+        """Let runs of graphs that differ only in ``varying`` literal inputs of ``type_name`` share its calls
+        (:class:`BatchPolicy`; ``Engine.run_batch``)."""
+        nt = self._types[type_name]
+        varying = tuple(varying)
+        unknown = [v for v in varying if v not in nt.inputs or nt.inputs[v].socket]
+        if unknown:
+            raise ValueError(f"{type_name}: {', '.join(unknown)} are not literal inputs of the node")
+        nt.batch = BatchPolicy(varying, run)
 
     def comfy_class(self, class_type: str) -> tuple[NodeType, dict[str, str]] | None:
         """Resolve a ComfyUI class name: an ipgraph type name or a declared alias (with input renames)."""

@@ -12,6 +12,7 @@ mask operations), ``ipadapter/`` (CLIP vision, IP-Adapter, image embeddings), ``
 from . import comfy  # noqa: F401
 from .animatediff import nodes as _animatediff  # noqa: F401
 from .controlnet import nodes as _controlnet  # noqa: F401
+from .diffusion import batch as _sampling_batch  # noqa: F401
 from .diffusion import conditioning, conditioning_ops, custom_sampling, inpaint, latent, loaders, sampling  # noqa: F401
 from .faceid import nodes as _faceid  # noqa: F401
 from .image import batch, image_io, image_ops, mask  # noqa: F401

@@ -60,6 +60,7 @@ class ServerConfig:
     lease_s: float = 30.0  # a job's lease; workers renew it every lease_s/4 or so
     max_attempts: int = 2  # leases a job gets before a lost worker fails it for good
     routing: str = "affinity"  # affinity | fifo | random
+    batch: int = 4  # queued jobs equal but for their seeds run as one sampling batch, at most this many (1: off)
     ray_num_cpus: int | None = None  # CPUs of the local Ray cluster (default: all)
     registry_spec: str | None = None  # MODULE:ATTR registry for Ray workers (default: ipgraph's nodes)
     respawn_delay_s: float = 2.0  # wait before replacing a dead Ray actor

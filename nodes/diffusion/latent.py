@@ -119,5 +119,57 @@ class ImageOut(NodeOutputs):
 def vae_decode_node(inp: VAEDecodeIn, ctx: NodeContext) -> ImageOut:
     """Decode a latent into images."""
     runtime = runtime_of(ctx)
+    if hasattr(runtime, "prepare"):
+        runtime.prepare(inp.vae.vae)
     with runtime.models.on_device(inp.vae.vae):
         return ImageOut(IMAGE=vae_decode(inp.vae, inp.samples.samples, runtime.device))
+
+
+@torch.no_grad()
+def vae_decode_tiled(vae: VaeHandle, samples: torch.Tensor, device: torch.device, tile_size: int = 512,
+                     overlap: int = 64) -> torch.Tensor:
+    """``vae_decode`` in ``tile_size`` px tiles overlapping by ``overlap`` px, each seam blended linearly over the
+    overlap: diffusers' ``AutoencoderKL.tiled_decode`` (``enable_tiling``) with these sizes. A latent no larger
+    than one tile is decoded whole (equal to ``vae_decode``). The decoder's activations then scale with the tile,
+    not the image; the pixels differ from a whole decode near the seams (the decoder's receptive field is cut),
+    as with diffusers' tiling and ComfyUI's own."""
+    module = vae.vae
+    tile_latent = max(1, tile_size // 8)
+    if samples.shape[-1] <= tile_latent and samples.shape[-2] <= tile_latent or not hasattr(module, "tiled_decode"):
+        return vae_decode(vae, samples, device)
+    saved = {k: getattr(module, k) for k in ("tile_sample_min_size", "tile_latent_min_size", "tile_overlap_factor")}
+    out = torch.empty((samples.shape[0], samples.shape[2] * 8, samples.shape[3] * 8, 3))
+    try:  # the shared module's tiling sizes, for this call only
+        module.tile_sample_min_size, module.tile_latent_min_size = tile_size, tile_latent
+        module.tile_overlap_factor = min(overlap, tile_size // 2) / tile_size
+        for start in range(0, samples.shape[0], VAE_DECODE_CHUNK):
+            z = samples[start:start + VAE_DECODE_CHUNK].to(device=device, dtype=module.dtype) / vae.scaling_factor
+            x = module.tiled_decode(z).sample.float()
+            out[start:start + x.shape[0]] = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+    finally:
+        for k, v in saved.items():
+            setattr(module, k, v)
+    return out
+
+
+class VAEDecodeTiledIn(NodeInputs):
+    samples: Any = Socket("LATENT")
+    vae: Any = Socket("VAE")
+    tile_size: int = Field(512, ge=64, le=4096, multiple_of=32, description="tile side in pixels")
+    overlap: int = Field(64, ge=0, le=4096, multiple_of=32, description="pixels two tiles share (blended)")
+    temporal_size: int = Field(64, ge=8, le=4096, multiple_of=4,
+                               description="only used for video VAEs: frames decoded at a time (unused here)")
+    temporal_overlap: int = Field(8, ge=4, le=4096, multiple_of=4,
+                                  description="only used for video VAEs: frames overlapped (unused here)")
+
+
+@node("VAEDecodeTiled", category="_for_testing", display_name="VAE Decode (Tiled)")
+def vae_decode_tiled_node(inp: VAEDecodeTiledIn, ctx: NodeContext) -> ImageOut:
+    """Decode a latent into images tile by tile (bounded memory for large images); the seams are blended over
+    ``overlap`` pixels as diffusers' enable_vae_tiling does."""
+    runtime = runtime_of(ctx)
+    if hasattr(runtime, "prepare"):
+        runtime.prepare(inp.vae.vae)
+    with runtime.models.on_device(inp.vae.vae):
+        return ImageOut(IMAGE=vae_decode_tiled(inp.vae, inp.samples.samples, runtime.device, inp.tile_size,
+                                               inp.overlap))

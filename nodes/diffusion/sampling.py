@@ -137,17 +137,31 @@ def uses_diffusers(model: ModelHandle, sampler: str, plan: Plan | torch.Tensor) 
 
 @torch.no_grad()
 def run_sampling(model: ModelHandle, positive: Conditioning, negative: Conditioning | None, latent: Latent, *,
-                 cfg: float, sampler: str, plan: Plan | torch.Tensor, seed: int, add_noise: bool = True, device,
-                 dtype, on_step=None) -> SampleResult:
+                 cfg: float, sampler: str, plan: Plan | torch.Tensor, seed: int | list[int], add_noise: bool = True,
+                 device, dtype, on_step=None, split: list[int] | None = None) -> SampleResult:
     """Sample ``latent`` with the guided model (``negative`` None: no guidance). ``plan`` is a named schedule
     or explicit sigmas (SIGMAS); ``add_noise`` False starts from the latent as it is (leftover noise).
-    ``seed`` also drives the stochastic samplers' noise. Returns CPU float32 latents."""
+    ``seed`` also drives the stochastic samplers' noise. Returns CPU float32 latents.
+
+    Several jobs in one call (``batch.py``): ``latent`` is their latents stacked, ``split`` the batch of each
+    and ``seed`` their seeds; each job's noise (initial and per step) comes from its own seed exactly as it
+    would alone (per-step diffusers noise needs one image per job: ``batch.batchable`` checks)."""
     ms = model_sampling_of(model)
     init = latent.samples.to(device=device, dtype=dtype)
-    generator = torch.Generator("cpu").manual_seed(int(seed))
-    noise = None
-    if add_noise:
-        noise = randn_tensor(tuple(init.shape), generator=generator, device=torch.device(device), dtype=dtype)
+    if isinstance(seed, (list, tuple)):
+        split = list(split or [1] * len(seed))
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seed]
+        generator = generators if all(b == 1 for b in split) else generators[0]
+        noise = None
+        if add_noise:
+            noise = torch.cat([randn_tensor((b, *init.shape[1:]), generator=g, device=torch.device(device),
+                                            dtype=dtype) for g, b in zip(generators, split, strict=True)])
+        seed = list(zip(seed, split, strict=True))
+    else:
+        generator = torch.Generator("cpu").manual_seed(int(seed))
+        noise = None
+        if add_noise:
+            noise = randn_tensor(tuple(init.shape), generator=generator, device=torch.device(device), dtype=dtype)
     state = SamplingState(batch_size=init.shape[0], latent_hw=tuple(init.shape[2:]))
     concat = latent.concat
     guidance = Guidance(model, positive, negative, cfg, tuple(init.shape), ms, state, device, dtype, concat)
@@ -211,7 +225,11 @@ def _run_kdiffusion(guidance, latent, init, noise, sampler, sigmas, ms, seed, st
             on_step(i + 1, state.total_steps, denoised)
 
     state.step = 0
-    draw = kdiffusion.noise_source(tuple(init.shape), seed)  # float32 on the CPU, as ComfyUI's
+    if isinstance(seed, list):  # several jobs: each one's noise from its own seed, stacked
+        draws = [kdiffusion.noise_source((b, *init.shape[1:]), s) for s, b in seed]
+        draw = lambda: torch.cat([d() for d in draws])  # noqa: E731
+    else:
+        draw = kdiffusion.noise_source(tuple(init.shape), seed)  # float32 on the CPU, as ComfyUI's
     noise_fn = lambda: draw().to(device=device, dtype=init.dtype)  # noqa: E731
     x = kdiffusion.SAMPLERS[name](denoise, x, sigmas, noise_fn, callback)
     if mask is not None:
@@ -370,6 +388,8 @@ def sample_node(ctx: NodeContext, model: ModelHandle, positive, negative, latent
     check_job_size(latent, max(0, steps), runtime)
     latent = with_inpaint_concat(latent, model)
     conds = [c for c in (positive, negative) if c is not None]
+    if hasattr(runtime, "prepare"):
+        runtime.prepare(model.unet)
     with runtime.models.on_device(model.unet, *_control_models(*conds)):
         return run_sampling(model, positive, negative, latent, cfg=cfg, sampler=sampler, plan=plan, seed=seed,
                             add_noise=add_noise, device=runtime.device, dtype=runtime.dtype,

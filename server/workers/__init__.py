@@ -51,7 +51,8 @@ def build_pool(state) -> WorkerPool:
     prepare = state._prepare_models if (state.uses_default_registry and cfg.prepare_tiny_models) else None
     scratch = Path(cfg.data_dir) / "workers"
     if kind == "inprocess":
-        pool.add(ThreadWorker(pool, "inprocess", state.engine, upload=False, before_first_job=prepare))
+        pool.add(ThreadWorker(pool, "inprocess", state.engine, upload=False, before_first_job=prepare,
+                              batch=max(1, cfg.batch)))
     elif kind == "local":
         import os
 

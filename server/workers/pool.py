@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ipgraph.engine import CancelToken, Engine
+from ipgraph.engine import CancelToken, Engine, Graph
 
 from ..hub import Hub
 from ..store import CANCELLED, COMPLETED, FAILED, PENDING, Job, JobStore
@@ -82,6 +82,7 @@ class WorkerPool:
         self.stopping = threading.Event()
         self.paused = threading.Event()  # no new leases while set (running jobs go on)
         self._threads: list[threading.Thread] = []
+        self._signatures: dict[str, str | None] = {}
         self.before_first_job = None
 
     # -- life cycle -------------------------------------------------------------------------------
@@ -205,18 +206,59 @@ class WorkerPool:
             job = self.router.pick(worker_id, window, holdings, idle)
             if job is None:
                 return None
-            leased = self.store.lease(worker_id, self.lease_s, job.id)
-            if leased is None:
+            run = self._lease(worker_id, job)
+            if run is None:
                 return None
-            job, token = leased
-            self.router.forget(job.id)
-            relay = Relay(self.hub, job, worker_id, ingest=self._ingest_for(worker_id),
-                          on_node=lambda node_id, jid=job.id: self._on_node(jid, node_id))
-            run = Run(job, token, worker_id, relay)
-            self.runs[job.id] = run
             self.workers[worker_id].state = "busy"
         self.broadcast_status()
         return run
+
+    def _lease(self, worker_id: str, job: Job) -> Run | None:
+        leased = self.store.lease(worker_id, self.lease_s, job.id)
+        if leased is None:
+            return None
+        job, token = leased
+        self.router.forget(job.id)
+        relay = Relay(self.hub, job, worker_id, ingest=self._ingest_for(worker_id),
+                      on_node=lambda node_id, jid=job.id: self._on_node(jid, node_id))
+        run = Run(job, token, worker_id, relay)
+        self.runs[job.id] = run
+        return run
+
+    def acquire_mates(self, worker_id: str, run: Run, limit: int) -> list[Run]:
+        """Lease, to the worker that holds ``run``, up to ``limit - 1`` pending jobs of the router's window that
+        can run in one batch with it (same batch signature and outputs: graphs equal but for their seeds; see
+        ``Engine.run_batch``). Empty when batching is off (``limit`` <= 1) or nothing matches."""
+        if limit <= 1 or self.stopping.is_set() or self.paused.is_set():
+            return []
+        signature = self._signature(run.job)
+        if signature is None:
+            return []
+        mates: list[Run] = []
+        with self._lock:
+            for job in self.store.pending_window(self.router.window):
+                if len(mates) >= limit - 1:
+                    break
+                if job.outputs != run.job.outputs or self._signature(job) != signature:
+                    continue
+                mate = self._lease(worker_id, job)
+                if mate is not None:
+                    mates.append(mate)
+        if mates:
+            self.broadcast_status()
+        return mates
+
+    def _signature(self, job: Job) -> str | None:
+        """The job's batch signature (computed once per job)."""
+        if job.id not in self._signatures:
+            try:
+                graph = Graph.from_dict(job.graph, self.engine.registry)
+                self._signatures[job.id] = self.engine.batch_signature(graph, job.outputs)
+            except Exception:
+                self._signatures[job.id] = None
+            if len(self._signatures) > 4096:
+                self._signatures.pop(next(iter(self._signatures)))
+        return self._signatures[job.id]
 
     def adopt(self, run: Run) -> Run:
         """Track a run leased before this server process started (a remote worker kept its lease)."""
@@ -334,8 +376,9 @@ class ThreadWorker:
     kind = "inprocess"
 
     def __init__(self, pool: WorkerPool, worker_id: str, engine: Engine, upload: bool = False,
-                 kind: str = "inprocess", before_first_job=None) -> None:
+                 kind: str = "inprocess", before_first_job=None, batch: int = 1) -> None:
         self.pool = pool
+        self.batch = batch  # jobs run as one batch at most (``--batch``; 1: one at a time)
         self.id = worker_id
         self.kind = kind
         self.runner = JobRunner(engine, upload=upload)
@@ -381,6 +424,14 @@ class ThreadWorker:
             if run is None:
                 self.pool.wait(0.5)
                 continue
+            mates = []
+            try:
+                mates = self.pool.acquire_mates(self.id, run, self.batch)
+            except Exception:
+                log.exception("leasing batch mates failed")
+            if mates:
+                self._run_batch([run, *mates])
+                continue
             token = CancelToken()
             self._cancel[run.job.id] = token
             if run.cancel_requested:
@@ -393,6 +444,30 @@ class ThreadWorker:
                     "exception_type": "InternalError", "message": str(exc), "node_id": None, "node_type": None}}
             finally:
                 self._cancel.pop(run.job.id, None)
+            try:
+                self.pool.finish(run, result, self.runner.held())
+            except Exception:
+                log.exception("could not record the outcome of %s", run.job.id)
+
+    def _run_batch(self, runs: list[Run]) -> None:
+        tokens = []
+        for run in runs:
+            token = self._cancel[run.job.id] = CancelToken()
+            if run.cancel_requested:
+                token.cancel()
+            tokens.append(token)
+        try:
+            results = self.runner.run_batch([r.payload() for r in runs],
+                                            [lambda wire, r=r: self.pool.event(r, wire) for r in runs], tokens)
+        except Exception as exc:
+            log.exception("a batch of %d jobs crashed the runner", len(runs))
+            results = [{"status": FAILED, "report_error": True, "error": {
+                "exception_type": "InternalError", "message": str(exc), "node_id": None, "node_type": None}}
+                for _ in runs]
+        finally:
+            for run in runs:
+                self._cancel.pop(run.job.id, None)
+        for run, result in zip(runs, results, strict=True):
             try:
                 self.pool.finish(run, result, self.runner.held())
             except Exception:

@@ -92,6 +92,42 @@ class JobRunner:
             graph = Graph.from_dict(job["graph"], self.engine.registry)
             result = self.engine.run(graph, outputs=job.get("outputs"), on_event=on_event, cancel=cancel,
                                      run_id=job["id"], extra=job.get("extra_data") or {})
+        except Exception as exc:
+            return self._outcome(exc, current["node"])
+        return self._outcome(result, None)
+
+    def run_batch(self, jobs: list[dict], emits: list[WireSink], cancels: list[CancelToken]) -> list[dict]:
+        """Run jobs whose graphs share a batch signature together (``Engine.run_batch``): one outcome per job,
+        each as :meth:`run` returns it, each job's events to its own ``emit``."""
+        current: list[dict] = [{"node": None} for _ in jobs]
+
+        def sink(i: int):
+            def on_event(e: ev.Event) -> None:
+                try:
+                    wire = self._wire(e)
+                    if isinstance(e, ev.NodeStarted):
+                        current[i]["node"] = e.node_id
+                    emits[i](wire)
+                except Exception:
+                    log.exception("event %s could not be reported", e.kind)
+            return on_event
+
+        try:
+            graphs = [Graph.from_dict(job["graph"], self.engine.registry) for job in jobs]
+            results = self.engine.run_batch(graphs, outputs=jobs[0].get("outputs"),
+                                            on_events=[sink(i) for i in range(len(jobs))], cancels=cancels,
+                                            run_ids=[job["id"] for job in jobs],
+                                            extras=[job.get("extra_data") or {} for job in jobs])
+        except Exception as exc:
+            return [self._outcome(exc, c["node"]) for c in current]
+        return [self._outcome(r, c["node"]) for r, c in zip(results, current, strict=True)]
+
+    @staticmethod
+    def _outcome(result: Any, node: str | None) -> dict:
+        """A run's RunResult or exception as the outcome dict the server records."""
+        try:
+            if isinstance(result, BaseException):
+                raise result
         except ValidationFailed as exc:
             first = exc.problems[0] if exc.problems else None
             return {"status": "failed", "report_error": True, "error": {
@@ -104,7 +140,7 @@ class JobRunner:
             return {"status": "cancelled"}
         except Exception as exc:
             return {"status": "failed", "report_error": True, "error": {
-                "node_id": current["node"], "node_type": None, "exception_type": type(exc).__name__,
+                "node_id": node, "node_type": None, "exception_type": type(exc).__name__,
                 "message": str(exc) or repr(exc), "traceback": traceback.format_exc(), "inputs": {}}}
         return {"status": "completed", "executed": list(result.executed), "cached": list(result.cached)}
 

@@ -44,6 +44,8 @@ COMFY = {
                         "Latent From Batch"),
     "VAEEncode": (["pixels", "vae"], [], ["LATENT"], ["LATENT"], "latent", "VAE Encode"),
     "VAEDecode": (["samples", "vae"], [], ["IMAGE"], ["IMAGE"], "latent", "VAE Decode"),
+    "VAEDecodeTiled": (["samples", "vae", "tile_size", "overlap", "temporal_size", "temporal_overlap"], [], ["IMAGE"],
+                       ["IMAGE"], "_for_testing", "VAE Decode (Tiled)"),
     "VAEEncodeForInpaint": (["pixels", "vae", "mask", "grow_mask_by"], [], ["LATENT"], ["LATENT"],
                             "latent/inpaint", "VAE Encode (for Inpainting)"),
     "InpaintModelConditioning": (["positive", "negative", "vae", "pixels", "mask", "noise_mask"], [],
@@ -106,6 +108,8 @@ DEFAULTS = {
     ("CLIPTextEncodeSDXL", "width"): (1024, 0, 16384), ("LatentUpscaleBy", "scale_by"): (1.5, 0.01, 8.0),
     ("LatentBlend", "blend_factor"): (0.5, 0, 1), ("ImagePadForOutpaint", "feathering"): (40, 0, 16384),
     ("LatentFromBatch", "batch_index"): (0, 0, 63), ("RepeatLatentBatch", "amount"): (1, 1, 64),
+    ("VAEDecodeTiled", "tile_size"): (512, 64, 4096), ("VAEDecodeTiled", "overlap"): (64, 0, 4096),
+    ("VAEDecodeTiled", "temporal_size"): (64, 8, 4096), ("VAEDecodeTiled", "temporal_overlap"): (8, 4, 4096),
     ("VAEEncodeForInpaint", "grow_mask_by"): (6, 0, 64), ("ControlNetApply", "strength"): (1.0, 0.0, 10.0),
 }
 
