@@ -370,7 +370,7 @@ def unified_loader_faceid(inp: UnifiedLoaderFaceIDIn, ctx: NodeContext) -> Unifi
     clip_vision = None
     if cv_name is not None:
         path = runtime.model_path("clip_vision", cv_name)
-        cv_model = runtime.models.load(("clip_vision", str(path)), lambda: load_clip_vision(path))
+        cv_model = runtime.models.load(("clip_vision", str(path)), lambda: load_clip_vision(path, runtime.dtype))
         clip_vision = ClipVision(cv_model, describe_encoder(cv_model), str(path))
     elif adapter.is_plus:
         raise ValueError(f"input preset: {inp.preset} needs the ViT-H CLIP vision encoder in "

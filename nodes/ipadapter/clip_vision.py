@@ -86,11 +86,7 @@ def clip_vision_loader(inp: CLIPVisionLoaderIn, ctx: NodeContext) -> CLIPVisionL
     runtime = runtime_of(ctx)
     path = runtime.model_path("clip_vision", inp.clip_name)
 
-    def load():
-        model = load_clip_vision(path)
-        return model.to(dtype=runtime.dtype) if runtime.dtype != torch.float32 else model
-
-    model = runtime.models.load(("clip_vision", str(path)), load)
+    model = runtime.models.load(("clip_vision", str(path)), lambda: load_clip_vision(path, runtime.dtype))
     return CLIPVisionLoaderOut(CLIP_VISION=ClipVision(model, describe_encoder(model), str(path)))
 
 

@@ -79,11 +79,7 @@ class ModelOut(NodeOutputs):
 # -- loaders ------------------------------------------------------------------------------------------------
 
 def _load_clip_vision(runtime, path: Path) -> ClipVision:
-    def load():
-        model = load_clip_vision(path)
-        return model.to(dtype=runtime.dtype) if runtime.dtype != torch.float32 else model
-
-    model = runtime.models.load(("clip_vision", str(path)), load)
+    model = runtime.models.load(("clip_vision", str(path)), lambda: load_clip_vision(path, runtime.dtype))
     return ClipVision(model, describe_encoder(model), str(path))
 
 
