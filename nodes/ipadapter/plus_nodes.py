@@ -23,6 +23,7 @@ from pydantic import Field
 
 from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
 
+from ..core.manager import file_bytes
 from ..core.runtime import ModelNotFound, file_fingerprint
 from ..core.types import ModelHandle
 from ..core.widgets import runtime_of
@@ -79,7 +80,8 @@ class ModelOut(NodeOutputs):
 # -- loaders ------------------------------------------------------------------------------------------------
 
 def _load_clip_vision(runtime, path: Path) -> ClipVision:
-    model = runtime.models.load(("clip_vision", str(path)), lambda: load_clip_vision(path, runtime.dtype))
+    model = runtime.models.load(("clip_vision", str(path)), lambda: load_clip_vision(path, runtime.dtype),
+                                 size_hint=file_bytes(path))
     return ClipVision(model, describe_encoder(model), str(path))
 
 

@@ -143,8 +143,11 @@ def assign(model: torch.nn.Module, sd: dict[str, torch.Tensor], dtype: torch.dty
             raise ValueError(f"size mismatch for {k}: the file has {list(v.shape)}, the model {list(own[k].shape)}")
         sd[k] = _aligned(v, dtype)
     model.load_state_dict(sd, strict=True, assign=True)
-    if dtype is not None:
-        model.to(dtype)  # constructor-made float buffers; no-op for the assigned tensors
+    if dtype is not None:  # float buffers the constructor made (not in the file) follow the weights
+        for module in model.modules():
+            for name, buf in module._buffers.items():
+                if buf is not None and buf.is_floating_point() and buf.dtype != dtype:
+                    module._buffers[name] = buf.to(dtype)
     return model.eval().requires_grad_(False)
 
 
