@@ -2,7 +2,8 @@
 same files: a real-size SD1.5 single-file checkpoint, a ViT-H/14 CLIP vision encoder and ip-adapter_sd15, all
 with random weights (nothing can be downloaded here), in the layouts users download.
 
-    python bench/bench_realsize.py [--quick] [--cache DIR] [--rounds N] [--threads N]
+    python bench/bench_realsize.py [--quick] [--cache DIR] [--rounds N] [--threads N] [--workflows txt2img,ipadapter]
+    python bench/bench_realsize.py --quick --alternate 50     # RSS over 50 alternating jobs, two checkpoints
 
 The files are written once into ``--cache`` (default ~/.cache/ipgraph-bench; ~7 GB real size, ~0.3 GB with
 --quick, which uses a mid-size model of the same architecture for development). Every measurement runs in its
@@ -326,6 +327,41 @@ def spawn_measured(args: list[str], env: dict) -> tuple[float, int, str]:
     return wall, usage.ru_maxrss * 1024, Path(env["_BENCH_OUT"]).read_text()
 
 
+def alternate(root: Path, jobs: int, threads: int) -> None:
+    """RSS over ``jobs`` alternating runs between two checkpoints (copies of one file) under a RAM budget
+    that holds one: the model manager must drop one to load the other, and RSS must stay flat."""
+    import shutil
+
+    import torch
+
+    torch.set_num_threads(threads)
+    import ipgraph.nodes  # noqa: F401
+    from ipgraph.engine import REGISTRY, Engine, Graph
+    from ipgraph.nodes.core.runtime import Runtime
+
+    src = root / "models" / "checkpoints" / CKPT
+    other = src.with_name("sd15-random-copy.safetensors")
+    if not other.exists():
+        shutil.copy(src, other)
+    size = src.stat().st_size
+    runtime = Runtime.create(models_dir=root / "models", output_dir=root / "output", input_dir=root / "input",
+                             device="cpu", dtype="float32", ram_budget_bytes=int(size * 1.5))
+    engine = Engine(REGISTRY, runtime)
+    rss = []
+    for i in range(jobs):
+        doc = ipgraph_graph(i, False)
+        doc["nodes"]["ckpt"]["inputs"]["name"] = (CKPT, other.name)[i % 2]
+        doc["nodes"]["lat"]["inputs"] |= {"width": 64, "height": 64}
+        doc["nodes"]["ks"]["inputs"]["steps"] = 1
+        engine.run(Graph.from_dict(doc))
+        rss.append(_rss())
+        print(f"  job {i + 1:3d} ({('A', 'B')[i % 2]}): RSS {rss[-1] / 1e9:.2f} GB, loaded "
+              f"{runtime.models.stats()['loaded']}, loads {runtime.models.loads}", flush=True)
+    later = rss[2:] or rss
+    print(f"{jobs} alternating jobs, budget {1.5 * size / 1e9:.2f} GB (one checkpoint of {size / 1e9:.2f} GB): "
+          f"RSS from job 3 on {min(later) / 1e9:.2f}..{max(later) / 1e9:.2f} GB, peak {_rss('VmHWM') / 1e9:.2f} GB")
+
+
 # ------------------------------------------------------------------------------------------------ main
 def gb(n) -> str:
     return f"{n / 1e9:.2f} GB" if n else "-"
@@ -338,6 +374,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1, help="alternating rounds per workflow (best of)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workflows", default="txt2img,ipadapter")
+    p.add_argument("--alternate", type=int, metavar="JOBS",
+                   help="instead: RSS over JOBS alternating jobs between two checkpoints under a RAM budget")
     p.add_argument("--child", choices=["ipgraph", "diffusers"], help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
     p.add_argument("--adapter", action="store_true", help=argparse.SUPPRESS)
@@ -356,6 +394,9 @@ def main() -> None:
     t = time.perf_counter()
     root = build_files(cache, kind)
     print(f"files ready in {root} ({time.perf_counter() - t:.1f} s)", flush=True)
+    if args.alternate:
+        alternate(root, args.alternate, args.threads)
+        return
     graphs = {}
     for name in ("txt2img", "ipadapter"):
         graphs[name] = root / f"{name}.json"
