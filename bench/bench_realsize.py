@@ -11,8 +11,9 @@ own subprocess (so cold means cold, and peak RSS is per side: ``os.wait4`` gives
 resident set), alternating the sides: for each workflow (txt2img, IP-Adapter) and round, ipgraph engine,
 diffusers, ipgraph CLI. 256x256, euler, cfg 7, 4 steps, fp32, CPU.
 
-Printed per side: cold (process start to image: imports, loading, first run), load (checkpoint/encoder/adapter
-files to modules), RSS after load, peak RSS, warm (a new seed, models and encodings cached), per step, VAE
+Printed per side: cold (process spawn to the first image: interpreter, imports, loading, first run; the engine
+and diffusers children then go on with a warm run, the CLI exits), load (checkpoint/encoder/adapter files to
+modules; diffusers maps them and reads pages during its first run), RSS after load, peak RSS, warm (a new seed, models and encodings cached), per step, VAE
 decode; and the ratios ipgraph / diffusers. The ipgraph engine child also prints the per-node breakdown of
 its cold run.
 """
@@ -245,10 +246,11 @@ def child_ipgraph(root: Path, adapter: bool, threads: int) -> dict:
         return time.perf_counter() - begin, nodes, per_step
 
     cold, nodes, _ = run(1)
+    to_image = time.time() - float(os.environ.get("_BENCH_T0", time.time()))
     load = sum(nodes.get(n, 0) for n in ("ckpt", "cv", "ipa"))
     rss_loaded = _rss()
     warm, warm_nodes, per_step = run(2)
-    return {"cold": imported + cold, "imports": imported, "load": load, "rss_imports": rss_imports,
+    return {"to_image": to_image, "cold": imported + cold, "imports": imported, "load": load, "rss_imports": rss_imports,
             "rss_after_load": max(loaded_rss.values()), "rss_after_run": rss_loaded, "warm": warm, "per_step": per_step,
             "decode": warm_nodes.get("dec"), "nodes": nodes, "peak_rss": _rss("VmHWM")}
 
@@ -303,9 +305,10 @@ def child_diffusers(root: Path, adapter: bool, threads: int) -> dict:
 
     (root / "output").mkdir(exist_ok=True)
     cold, _, _ = run(1)
+    to_image = time.time() - float(os.environ.get("_BENCH_T0", time.time()))
     rss_loaded = _rss()
     warm, per_step, decode = run(2)
-    return {"cold": imported + load + cold, "imports": imported, "load": load, "rss_imports": rss_imports,
+    return {"to_image": to_image, "cold": imported + load + cold, "imports": imported, "load": load, "rss_imports": rss_imports,
             "rss_after_load": rss_after_load, "rss_after_run": rss_loaded, "warm": warm,
             "per_step": per_step, "decode": decode, "peak_rss": _rss("VmHWM")}
 
@@ -313,6 +316,7 @@ def child_diffusers(root: Path, adapter: bool, threads: int) -> dict:
 def spawn_measured(args: list[str], env: dict) -> tuple[float, int, str]:
     """Run a child; (wall seconds, its own peak RSS from wait4's rusage, its stdout)."""
     start = time.perf_counter()
+    env = dict(env, _BENCH_T0=repr(time.time()))
     pid = os.fork()
     if pid == 0:  # child: exec the command with its output in a file
         out = os.open(env["_BENCH_OUT"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -421,17 +425,19 @@ def main() -> None:
                 wall, peak, out = spawn_measured(cmd, env)
                 got = json.loads(out.strip().splitlines()[-1]) if side != "cli" else {}
                 got |= {"process": wall, "peak_rss_wait4": peak}
+                got.setdefault("to_image", wall)  # the CLI process ends with its image
                 print(f"  {wf:9s} round {r + 1} {side:9s} process {wall:6.1f} s  peak RSS {gb(peak)}", flush=True)
                 keep = results.setdefault((wf, side), got)
-                if got["process"] < keep["process"]:
+                if got["to_image"] < keep["to_image"]:
                     results[(wf, side)] = got
     print(f"\n{kind} size, {SIZE}x{SIZE}, euler, cfg {CFG}, {STEPS} steps, fp32 CPU, {args.threads} thread(s), "
           f"best of {args.rounds} round(s), every figure from its own subprocess")
     for wf in args.workflows.split(","):
         ig, df, cl = results[(wf, "ipgraph")], results[(wf, "diffusers")], results[(wf, "cli")]
         print(f"\n[{wf}]                 ipgraph engine   diffusers   ratio   | ipgraph CLI  ratio")
-        rows = [("cold (process)", "process", "s"), ("cold (in child)", "cold", "s"), ("imports", "imports", "s"),
-                ("load", "load", "s"),
+        rows = [("cold: start to image", "to_image", "s"), ("  after interpreter", "cold", "s"),
+                ("  imports", "imports", "s"),
+                ("  load", "load", "s"),
                 ("warm, new seed", "warm", "s"), ("per step", "per_step", "s"), ("VAE decode", "decode", "s"),
                 ("RSS after imports", "rss_imports", "b"), ("RSS after load", "rss_after_load", "b"),
                 ("RSS after 1st run", "rss_after_run", "b"), ("peak RSS", "peak_rss_wait4", "b")]
