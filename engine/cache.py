@@ -92,6 +92,14 @@ class OutputCache:
             self.discard(key)
         return len(doomed)
 
+    def discard_where(self, predicate) -> int:
+        """Drop every entry whose outputs satisfy ``predicate`` (resources released what they hold)."""
+        with self._lock:
+            doomed = [k for k, e in self._entries.items() if predicate(e.outputs)]
+        for key in doomed:
+            self.discard(key)
+        return len(doomed)
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()

@@ -125,6 +125,9 @@ class Engine:
         self.registry = registry or REGISTRY
         self.resources = resources
         self.cache = OutputCache(cache_bytes)
+        attach = getattr(resources, "attach_cache", None)
+        if callable(attach):  # resources that drop things cached outputs hold (models) prune the cache
+            attach(self.cache)
 
     def validate(self, graph: Graph, outputs: list[str] | None = None) -> list[GraphProblem]:
         return validate(graph, self.resources, outputs)

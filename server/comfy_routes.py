@@ -180,10 +180,17 @@ def comfy_router(state: State) -> APIRouter:
     @r.post("/free")
     async def free(request: Request):
         body = await json_body(request, {}) or {}
-        if isinstance(body, dict) and body.get("free_memory"):
-            # The worker owns the engine; clearing between nodes is safe (values are only read from it).
+        if not isinstance(body, dict):
+            return Response(status_code=200)
+        # ComfyUI: unload_models drops the loaded models, free_memory also the cached node outputs. The worker
+        # owns the engine; clearing between nodes is safe (a running job keeps its own references).
+        if body.get("free_memory"):
             with contextlib.suppress(Exception):
                 state.engine.cache.clear()
+        if body.get("unload_models") or body.get("free_memory"):
+            models = getattr(state.runtime, "_models", None)  # never created -> nothing loaded
+            if models is not None and hasattr(models, "clear"):
+                await run_in_threadpool(models.clear)
         return Response(status_code=200)
 
     @r.get("/history")

@@ -7,8 +7,11 @@ the CPU nothing moves. Loading the same checkpoint twice in one process returns 
 
 from __future__ import annotations
 
+import ctypes
 import gc
+import sys
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +42,51 @@ def modules_of(obj: Any) -> list[torch.nn.Module]:
     return []
 
 
+def modules_in(value: Any, depth: int = 0) -> Iterator[torch.nn.Module]:
+    """Modules reachable from a node's outputs: through modules, dataclasses, pydantic models, dicts, lists."""
+    if depth > 8 or value is None or isinstance(value, (str, bytes, int, float, bool, torch.Tensor)):
+        return
+    if isinstance(value, torch.nn.Module):
+        yield value
+        return
+    if isinstance(value, dict):
+        children = value.values()
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        children = value
+    elif hasattr(value, "__dataclass_fields__"):
+        children = (getattr(value, f, None) for f in value.__dataclass_fields__)
+    elif hasattr(type(value), "model_fields"):
+        children = (getattr(value, f, None) for f in type(value).model_fields)
+    else:
+        return
+    for child in children:
+        yield from modules_in(child, depth + 1)
+
+
+def file_bytes(path) -> int:
+    """Bytes on disk of a model file or folder: the ``size_hint`` loaders give :meth:`ModelManager.load`."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def release_memory() -> None:
+    """Collect garbage and give freed heap pages back to the OS (glibc keeps them otherwise, so RSS would
+    stay at its peak after a model is dropped)."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
 @dataclass
 class _Loaded:
     value: Any
@@ -60,15 +108,24 @@ class ModelManager:
         self._loaded: OrderedDict[tuple, _Loaded] = OrderedDict()
         self._lock = threading.RLock()
         self.loads = 0  # how many times a loader really ran (tests check the second load is free)
+        self.evictions = 0
+        self._evicted: weakref.WeakSet = weakref.WeakSet()  # dropped modules something may still hold
+        self.on_evict: list[Callable[[], None]] = []  # called after models were dropped (cache pruning)
 
-    def load(self, key: tuple, loader: Callable[[], Any]) -> Any:
-        """Return the model for ``key`` (file, kind, ...), running ``loader`` only the first time."""
+    def load(self, key: tuple, loader: Callable[[], Any], size_hint: int | None = None) -> Any:
+        """Return the model for ``key`` (file, kind, ...), running ``loader`` only the first time.
+
+        Under ``max_loaded_bytes``, least recently used models are dropped BEFORE loading when ``size_hint``
+        (the file's size) says the new one would not fit, so two models never overlap at the peak, and again
+        after loading with the real size."""
         full_key = (*key, str(self.dtype), str(self.device))
         with self._lock:
             hit = self._loaded.get(full_key)
             if hit is not None:
                 self._loaded.move_to_end(full_key)
                 return hit.value
+            if size_hint:
+                self._evict_loaded(keep=None, extra=int(size_hint))
             value = loader()
             self.loads += 1
             entry = _Loaded(value, module_nbytes(value))
@@ -76,13 +133,31 @@ class ModelManager:
             self._evict_loaded(keep=full_key)
             return value
 
-    def _evict_loaded(self, keep: tuple) -> None:
+    def _evict_loaded(self, keep: tuple | None, extra: int = 0) -> None:
         if self.max_loaded_bytes is None:
             return
-        while sum(e.nbytes for e in self._loaded.values()) > self.max_loaded_bytes and len(self._loaded) > 1:
+        dropped = []
+        while (sum(e.nbytes for e in self._loaded.values()) + extra > self.max_loaded_bytes
+               and any(k != keep for k in self._loaded)):
             oldest = next(k for k in self._loaded if k != keep)
-            del self._loaded[oldest]
-        gc.collect()
+            dropped.append(self._loaded.pop(oldest))
+        if dropped:
+            self._forget(dropped)
+
+    def _forget(self, dropped: list[_Loaded]) -> None:
+        """Remember dropped modules (so cached outputs holding them can be pruned), then free the memory."""
+        for entry in dropped:
+            for m in modules_of(entry.value):
+                self._evicted.add(m)
+        self.evictions += len(dropped)
+        dropped.clear()  # the caller's list: nothing here keeps the models alive any more
+        for hook in list(self.on_evict):
+            hook()
+        release_memory()
+
+    def holds_evicted(self, value: Any) -> bool:
+        """Whether ``value`` (a node's outputs) references a model this manager has dropped."""
+        return bool(self._evicted) and any(m in self._evicted for m in modules_in(value))
 
     @contextmanager
     def on_device(self, *objs: Any) -> Iterator[None]:
@@ -119,9 +194,11 @@ class ModelManager:
                     "loads": self.loads}
 
     def clear(self) -> None:
+        """Drop every model (ComfyUI's ``/free`` ``unload_models``); cached outputs holding them are pruned."""
         with self._lock:
+            dropped = list(self._loaded.values())
             self._loaded.clear()
-        gc.collect()
+            self._forget(dropped)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

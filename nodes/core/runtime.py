@@ -50,6 +50,21 @@ def parse_device(spec) -> torch.device:
     return device
 
 
+def default_ram_budget() -> int:
+    """$IPGRAPH_RAM_BUDGET (bytes, or with a K/M/G suffix; 0 = unbounded), else 60% of physical memory."""
+    text = os.environ.get("IPGRAPH_RAM_BUDGET", "").strip().upper()
+    if text:
+        scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
+        try:
+            return int(float(text.rstrip("KMGB") if scale > 1 else text) * scale)
+        except ValueError:
+            raise ValueError(f"IPGRAPH_RAM_BUDGET={text!r} is not a size (e.g. 8G, 8589934592)") from None
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.6)
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     """fp16 on CUDA (what SD checkpoints are made for), fp32 on CPU (fp16 matmuls are slow/unsupported)."""
     return torch.float16 if device.type == "cuda" else torch.float32
@@ -65,6 +80,9 @@ class Runtime:
     limits: Limits = field(default_factory=Limits)  # image sizes and work a job may ask (see limits.py)
     allow_absolute_paths: bool = True  # the server turns this off: users may only read its input folder
     memory_budget_bytes: int | None = None  # model manager budget on the device; None = automatic
+    # RAM bound on loaded model files (least recently used dropped first); None = $IPGRAPH_RAM_BUDGET, else
+    # 60% of physical memory; 0 = unbounded
+    ram_budget_bytes: int | None = None
     temp_dir: Path | None = None  # PreviewImage files (default: <output_dir>/../temp)
     # UNet and VAE convolutions in torch.channels_last (``--channels-last``, $IPGRAPH_CHANNELS_LAST=1). CPU fp32,
     # mid SD1.5 (bench/bench_speed.py): UNet step ~0.92x, VAE decode ~0.77x the time; latents differ from the
@@ -72,6 +90,7 @@ class Runtime:
     channels_last: bool = False
     extra: dict = field(default_factory=dict)
     _models: object = None
+    _caches: list = field(default_factory=list, repr=False)  # output caches of the engines using this runtime
 
     def __post_init__(self) -> None:
         if self.temp_dir is None:
@@ -109,7 +128,10 @@ class Runtime:
         if self._models is None:
             from .manager import ModelManager
 
-            self._models = ModelManager(self.device, self.dtype, self.memory_budget_bytes)
+            budget = self.ram_budget_bytes if self.ram_budget_bytes is not None else default_ram_budget()
+            self._models = ModelManager(self.device, self.dtype, self.memory_budget_bytes,
+                                        max_loaded_bytes=budget or None)
+            self._models.on_evict.append(self._prune_caches)
         return self._models
 
     def prepare(self, *modules) -> None:
@@ -121,6 +143,17 @@ class Runtime:
             if module is not None and not getattr(module, "_ipgraph_channels_last", False):
                 module.to(memory_format=torch.channels_last)
                 module._ipgraph_channels_last = True
+
+    def attach_cache(self, cache) -> None:
+        """Called by the engine: cached outputs that hold a model the manager dropped are pruned with it, so
+        the memory is really freed (and a later load of that file does not sit beside the old copy)."""
+        if not any(c is cache for c in self._caches):
+            self._caches.append(cache)
+
+    def _prune_caches(self) -> None:
+        models = self._models
+        for cache in self._caches:
+            cache.discard_where(models.holds_evicted)
 
     # -- model files ------------------------------------------------------------------------------
     def model_folder(self, kind: str) -> Path:

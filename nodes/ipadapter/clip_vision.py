@@ -17,6 +17,7 @@ from pydantic import Field
 
 from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
 
+from ..core.manager import file_bytes
 from ..core.widgets import ModelName, model_file_check, model_file_fingerprint, runtime_of
 from . import EncoderInfo, describe_encoder, encode, load_clip_vision, preprocess
 
@@ -86,11 +87,8 @@ def clip_vision_loader(inp: CLIPVisionLoaderIn, ctx: NodeContext) -> CLIPVisionL
     runtime = runtime_of(ctx)
     path = runtime.model_path("clip_vision", inp.clip_name)
 
-    def load():
-        model = load_clip_vision(path)
-        return model.to(dtype=runtime.dtype) if runtime.dtype != torch.float32 else model
-
-    model = runtime.models.load(("clip_vision", str(path)), load)
+    model = runtime.models.load(("clip_vision", str(path)), lambda: load_clip_vision(path, runtime.dtype),
+                                 size_hint=file_bytes(path))
     return CLIPVisionLoaderOut(CLIP_VISION=ClipVision(model, describe_encoder(model), str(path)))
 
 

@@ -146,23 +146,27 @@ def clip_vision_config_from_shapes(shapes: dict[str, tuple]):
     )
 
 
-def load_clip_vision(path: str | Path):
-    """Load a ``CLIPVisionModelWithProjection`` from a single safetensors file or a diffusers folder (CPU, eval)."""
+def load_clip_vision(path: str | Path, dtype: torch.dtype = torch.float32):
+    """Load a ``CLIPVisionModelWithProjection`` from a single safetensors file or a diffusers folder (CPU, eval).
+
+    Single files are read once into memory (no mapped duplicate) and the model is built with empty weights
+    that take the file's tensors by assignment: no random initialisation of a ViT-H only to overwrite it.
+    ``dtype``: floating weights are converted as they are read (one tensor at a time).
+    """
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from ..models.tensorfile import assign, empty_module, read_header, read_safetensors
 
     path = Path(path)
     if path.is_dir():
-        return CLIPVisionModelWithProjection.from_pretrained(str(path), local_files_only=True).eval()
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        meta = f.metadata() or {}
-        sd = {k: f.get_tensor(k) for k in f.keys() if k.startswith(("vision_model.", "visual_projection."))}
+        model = CLIPVisionModelWithProjection.from_pretrained(str(path), local_files_only=True)
+        return (model if dtype == torch.float32 else model.to(dtype)).eval().requires_grad_(False)
+    wanted = ("vision_model.", "visual_projection.")
+    _, meta, _ = read_header(path)
+    sd, _ = read_safetensors(path, dtype, keep=lambda k: k.startswith(wanted) and not k.endswith("position_ids"))
     if "config" in meta:
         config = CLIPVisionConfig(**json.loads(meta["config"]))
     else:
         config = clip_vision_config_from_shapes({k: tuple(v.shape) for k, v in sd.items()})
-    model = CLIPVisionModelWithProjection(config)
-    sd = {k: v for k, v in sd.items() if not k.endswith("position_ids")}
-    model.load_state_dict(sd, strict=True)
-    return model.eval().requires_grad_(False)
+    model = empty_module(lambda: CLIPVisionModelWithProjection(config))
+    return assign(model, sd, dtype)

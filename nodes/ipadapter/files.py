@@ -203,10 +203,10 @@ def _read_state(path: Path) -> tuple[dict, dict]:
     if not path.is_file():
         raise IPAdapterFileError(f"IP-Adapter file {path} does not exist.")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        if path.suffix == ".safetensors":  # read once into aligned float32 memory (see models.tensorfile)
+            from ..models.tensorfile import read_safetensors
 
-            return _split(load_file(str(path), device="cpu"))
+            return _split(read_safetensors(path, torch.float32)[0])
         data = load_weights_only(path, "IP-Adapter file")
     except PickleFileError as exc:
         raise IPAdapterFileError(str(exc)) from None

@@ -23,6 +23,7 @@ from pydantic import Field
 
 from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
 
+from ..core.manager import file_bytes
 from ..core.runtime import ModelNotFound, file_fingerprint
 from ..core.types import ModelHandle
 from ..core.widgets import runtime_of
@@ -79,11 +80,8 @@ class ModelOut(NodeOutputs):
 # -- loaders ------------------------------------------------------------------------------------------------
 
 def _load_clip_vision(runtime, path: Path) -> ClipVision:
-    def load():
-        model = load_clip_vision(path)
-        return model.to(dtype=runtime.dtype) if runtime.dtype != torch.float32 else model
-
-    model = runtime.models.load(("clip_vision", str(path)), load)
+    model = runtime.models.load(("clip_vision", str(path)), lambda: load_clip_vision(path, runtime.dtype),
+                                 size_hint=file_bytes(path))
     return ClipVision(model, describe_encoder(model), str(path))
 
 

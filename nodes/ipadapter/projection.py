@@ -105,19 +105,21 @@ def build_image_proj(variant: str, sd: dict[str, torch.Tensor]) -> torch.nn.Modu
     Sizes come from the tensor shapes (as diffusers does), so any width works, tiny ones included.
     Raises ``ValueError``/``RuntimeError`` on inconsistent shapes; files.py turns them into plain sentences.
     """
+    from ..models.tensorfile import assign, empty_module
+
     if variant in ("base", "light"):
         rows, embed_dim = sd["proj.weight"].shape
         dim = sd["norm.weight"].shape[0]
-        module = ImageProjection(
+        make = lambda: ImageProjection(  # noqa: E731
             cross_attention_dim=dim, image_embed_dim=embed_dim, num_image_text_embeds=rows // dim
         )
     elif variant == "full-face":
-        module = IPAdapterFullImageProjection(
+        make = lambda: IPAdapterFullImageProjection(  # noqa: E731
             cross_attention_dim=sd["proj.3.weight"].shape[0], image_embed_dim=sd["proj.0.weight"].shape[1]
         )
     elif variant in ("plus", "plus-face"):
         depth = len({k.split(".")[1] for k in sd if k.startswith("layers.")})
-        module = IPAdapterPlusImageProjection(
+        make = lambda: IPAdapterPlusImageProjection(  # noqa: E731
             embed_dims=sd["proj_in.weight"].shape[1],
             output_dims=sd["proj_out.weight"].shape[0],
             hidden_dims=sd["latents"].shape[2],
@@ -129,5 +131,5 @@ def build_image_proj(variant: str, sd: dict[str, torch.Tensor]) -> torch.nn.Modu
         )
     else:
         raise ValueError(f"unknown IP-Adapter variant {variant!r}")
-    module.load_state_dict(h94_to_diffusers(variant, sd), strict=True)
-    return module.eval().requires_grad_(False)
+    # built with empty weights that take the file's tensors (no random init, no second copy)
+    return assign(empty_module(make), h94_to_diffusers(variant, sd))

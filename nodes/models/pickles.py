@@ -21,8 +21,11 @@ class PickleFileError(ValueError):
     """A pickled file that could not (or must not) be loaded; the message is a sentence for the user."""
 
 
-def load_weights_only(path: str | Path, what: str = "model file") -> Any:
-    """``torch.load(path, weights_only=True)`` with failures turned into sentences naming the file."""
+def load_weights_only(path: str | Path, what: str = "model file", mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` with failures turned into sentences naming the file.
+
+    ``mmap``: map a zip-format file instead of reading it (tensors are paged in on use, storages are 64-byte
+    aligned by ``torch.save``), so the caller can convert or assign them without holding two copies."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -33,7 +36,8 @@ def load_weights_only(path: str | Path, what: str = "model file") -> Any:
         raise PickleFileError(f"{path.name} is not a PyTorch {what}: its first bytes are neither a zip archive "
                               "nor a pickle (a failed download or another kind of file?).")
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True,
+                          mmap=mmap and head.startswith(ZIP_MAGIC))
     except Exception as exc:
         message = str(exc)
         if "Weights only load failed" in message or "Unsupported global" in message:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import (
     convert_ldm_clip_checkpoint,
@@ -28,12 +27,13 @@ from diffusers.loaders.single_file_utils import (
     convert_open_clip_checkpoint,
 )
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from ..core.types import SD15, SDXL
 from .configs import SD15_VAE_SCALING, SDXL_VAE_SCALING, scheduler_config
 from .pickles import PickleFileError, load_weights_only
+from .tensorfile import TensorFileError, assign, empty_module, read_safetensors
 from .tokenizer import clip_tokenizer
 
 UNET_PREFIX = "model.diffusion_model."
@@ -355,20 +355,21 @@ def _read_json(path: Path, source) -> dict:
         raise CheckpointError(f"{path} is not valid JSON ({e}).") from e
 
 
-def _read_tensors(path: Path) -> tuple[dict, dict]:
-    """All tensors and the metadata of a file: safetensors, or a pickle opened weights-only."""
+def _read_tensors(path: Path, dtype: torch.dtype | None = None) -> tuple[dict, dict]:
+    """All tensors and the metadata of a file: safetensors (read once into aligned memory, floating tensors
+    converted to ``dtype`` one by one), or a pickle opened weights-only (memory-mapped when it is a zip)."""
     suffix = path.suffix.lower()
     if not path.exists():
         raise CheckpointError(f"{path} does not exist.")
     if suffix == ".safetensors":
-        _, meta = _header(path)
+        _header(path)  # safetensors' own header check, for its messages
         try:
-            return load_file(str(path)), meta
-        except Exception as e:
+            return read_safetensors(path, dtype)
+        except (TensorFileError, OSError) as e:
             raise CheckpointError(f"{path} could not be read ({e}); it may be corrupt or truncated.") from e
     if suffix in PICKLE_SUFFIXES:
         try:
-            obj = load_weights_only(path, "checkpoint")
+            obj = load_weights_only(path, "checkpoint", mmap=True)
         except PickleFileError as e:
             raise CheckpointError(str(e)) from None
         if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -461,31 +462,17 @@ def infer_clip_config(sd: dict, heads: int | None, act: str) -> CLIPTextConfig:
     )
 
 
-def _aligned(v: torch.Tensor, dtype) -> torch.Tensor:
-    """Cast, or copy to aligned memory: tensors read from safetensors sit at unaligned offsets, which makes
-    CPU kernels take other code paths and results differ in the last bits from the same weights in memory."""
-    if v.is_floating_point() and v.dtype != dtype:
-        return v.to(dtype)
-    return v.clone() if v.data_ptr() % 64 else v
-
-
 def _instantiate(make, sd: dict, what: str, path, dtype):
-    """Build a module without random init, then take the weights as they are (strict)."""
-    with init_empty_weights(include_buffers=False):
-        model = make()
+    """Build a module without random init, then take the weights as they are (strict, by assignment)."""
+    model = empty_module(make)
     if isinstance(model, CLIPTextModel) and not hasattr(model, "text_model"):  # transformers >= 5.6 layout
         sd = {k.removeprefix("text_model."): v for k, v in sd.items()}
-    for k, v in sd.items():  # in place, so the file's copies are released one by one
-        sd[k] = _aligned(v, dtype)
-    own = set(model.state_dict())
-    missing, unexpected = own - set(sd), set(sd) - own
-    if missing or unexpected:
+    try:
+        return assign(model, sd, dtype)
+    except ValueError as e:  # WeightsMismatch, or a size mismatch
         raise CheckpointError(
-            f"{path}: the {what} weights do not fit the inferred architecture (missing "
-            f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})."
-        )
-    model.load_state_dict(sd, strict=True, assign=True)
-    return model.eval().requires_grad_(False)
+            f"{path}: the {what} weights do not fit the inferred architecture ({e})."
+        ) from None
 
 
 @dataclass
@@ -556,7 +543,7 @@ def convert_original(tensors: dict, meta: dict, source="checkpoint") -> Converte
 
 
 def _load_single_file(path: Path, dtype) -> LoadedCheckpoint:
-    tensors, meta = _read_tensors(path)
+    tensors, meta = _read_tensors(path, dtype)
     conv = convert_original(tensors, meta, path)
     del tensors
     unet = _instantiate(lambda: UNet2DConditionModel(**conv.unet[0]), conv.unet[1], "UNet", path, dtype)
@@ -645,7 +632,7 @@ def load_vae(
         return _from_pretrained(
             lambda: AutoencoderKL.from_pretrained(sub, local_files_only=True, torch_dtype=dtype), path, "VAE"
         ).to(device)
-    tensors, meta = _read_tensors(path)
+    tensors, meta = _read_tensors(path, dtype)
     factor = _read_hints(meta).get("vae_scaling_factor")
     if factor is None and (path.parent / "config.json").exists():
         factor = _read_json(path.parent / "config.json", path).get("scaling_factor")

@@ -137,3 +137,32 @@ def test_websockets_api_example_ws_images(real_server):
         image = Image.open(io.BytesIO(frames[0]))
         assert image.format == "PNG" and image.size == (512, 512)
     ws.close()
+
+
+def _wait_history(address: str, prompt_id: str) -> dict:
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        with urllib.request.urlopen(f"http://{address}/history/{prompt_id}") as r:
+            history = json.loads(r.read())
+        if history:
+            return history[prompt_id]
+        time.sleep(0.5)
+    raise TimeoutError(prompt_id)
+
+
+def test_free_unloads_models_as_comfyui(real_server):
+    """POST /free {"unload_models": true}: the model manager drops every model and the cached outputs that
+    hold one (so the memory goes); the next prompt loads them again and runs."""
+    address = _address(real_server)
+    state = real_server.app.state.ipgraph
+    assert _wait_history(address, _queue_prompt(address, _prompt(), None, "/prompt")["prompt_id"])[
+        "status"]["status_str"] == "success"
+    models = state.runtime.models
+    assert models.stats()["loaded"] >= 1
+    body = json.dumps({"unload_models": True}).encode()
+    urllib.request.urlopen(urllib.request.Request(f"http://{address}/free", data=body, method="POST"))
+    assert models.stats()["loaded"] == 0
+    assert not any(models.holds_evicted(e.outputs) for e in state.engine.cache._entries.values())
+    loads = models.loads
+    again = _wait_history(address, _queue_prompt(address, _prompt(), None, "/prompt")["prompt_id"])
+    assert again["status"]["status_str"] == "success" and models.loads > loads
