@@ -1,10 +1,12 @@
 """ipgraph's generic graph engine. It knows nothing of diffusion and imports neither nodes/ nor server/.
 
 Node authors import from here: ``node``, ``NodeInputs``, ``NodeOutputs``, ``Socket``, ``Output``, ``NodeContext``.
-Runners import ``Graph``, ``Engine``, ``CancelToken`` and the events.
+Runners import ``Graph``, ``Engine``, ``CancelToken``, the events, and ``run_batch`` / ``batch_signature``
+(several graphs that differ only in declared inputs run together).
 """
 
 from . import events
+from .batching import batch_signature, run_batch
 from .cache import OutputCache
 from .executor import (
     CancelToken,
@@ -25,5 +27,5 @@ __all__ = [
     "BatchPolicy", "CancelToken", "Engine", "FORMAT", "Graph", "GraphBuildError", "GraphFormatError", "GraphProblem",
     "InputMutatedError", "Link", "NodeContext", "NodeError", "NodeFailed", "NodeInputs", "NodeOutputs",
     "NodeRef", "NodeType", "Output", "OutputCache", "REGISTRY", "Registry", "RunCancelledError", "RunResult",
-    "Socket", "ValidationFailed", "events", "node", "validate",
+    "Socket", "ValidationFailed", "batch_signature", "events", "node", "run_batch", "validate",
 ]

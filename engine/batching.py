@@ -1,4 +1,4 @@
-"""Running several graphs at once, sharing what they have in common (``Engine.run_batch``).
+"""Running several graphs at once, sharing what they have in common (``run_batch``).
 
 Graphs that are equal except for the ``varying`` literal inputs of nodes with a :class:`~.node.BatchPolicy`
 (a seed sweep; several users submitting one workflow with new seeds) have the same :func:`batch_signature`. They
@@ -24,14 +24,20 @@ import json
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import events as ev
 from . import tensors
+from .executor import (
+    CancelToken,
+    Engine,
+    NodeContext,
+    NodeFailed,
+    RunCancelledError,
+    RunResult,
+    ValidationFailed,
+)
 from .graph import Graph, is_link
-
-if TYPE_CHECKING:
-    from .executor import Engine
 
 log = logging.getLogger("ipgraph.engine")
 
@@ -77,8 +83,6 @@ def run_batch(engine: Engine, graphs: list[Graph], outputs: list[str] | None = N
               extras: list[dict | None] | None = None) -> list:
     """Run ``graphs`` together; one entry per graph: its RunResult, or the exception ``Engine.run`` would have
     raised for it (ValidationFailed, NodeFailed, RunCancelledError)."""
-    from .executor import CancelToken, NodeContext, NodeFailed, RunCancelledError, RunResult, ValidationFailed
-
     n = len(graphs)
     run_ids = [r or uuid.uuid4().hex for r in (run_ids or [None] * n)]
     emits = [e or (lambda event: None) for e in (on_events or [None] * n)]
@@ -220,7 +224,6 @@ def _call_batch(engine, node_type, node_id, todo, graphs, literals, values, cont
     """One call of the node's batch policy for every distinct key in ``todo``: {key: (outputs, ui, seconds)},
     or {} when the calls must run one by one (the policy declined or failed; runs cancelled meanwhile are
     reported here)."""
-    from .executor import RunCancelledError
 
     ctxs, inputs, snapshots = [], [], []
     for _key, members in todo:

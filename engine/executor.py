@@ -198,20 +198,6 @@ class Engine:
         emit(ev.RunFinished(run_id, seconds, tuple(executed), tuple(cached)))
         return RunResult(run_id, values, uis, executed, cached, seconds)
 
-    def run_batch(self, graphs: list[Graph], outputs: list[str] | None = None, on_events: list | None = None,
-                  cancels: list | None = None, run_ids: list | None = None, extras: list | None = None) -> list:
-        """Run several graphs together, sharing their common nodes and batching their batch-policy nodes
-        (``batching.py``). One entry per graph: its RunResult, or the exception ``run`` would have raised."""
-        from .batching import run_batch
-
-        return run_batch(self, graphs, outputs, on_events, cancels, run_ids, extras)
-
-    def batch_signature(self, graph: Graph, outputs: list[str] | None = None) -> str | None:
-        """Equal for graphs ``run_batch`` runs as one batch; None when the graph has nothing to batch."""
-        from .batching import batch_signature
-
-        return batch_signature(self, graph, outputs)
-
     def cache_keys(self, graph: Graph, outputs: list[str] | None = None) -> dict[str, str]:
         """The output-cache key each planned (cacheable) node would have, without running anything: lets a
         scheduler send a graph to the worker whose cache already holds its upstream outputs."""

@@ -226,7 +226,7 @@ class Registry:
 
     def set_batch(self, type_name: str, varying: Iterable[str], run: Callable[[list, list], list | None]) -> None:
         """Let runs of graphs that differ only in ``varying`` literal inputs of ``type_name`` share its calls
-        (:class:`BatchPolicy`; ``Engine.run_batch``)."""
+        (:class:`BatchPolicy`; ``run_batch``)."""
         nt = self._types[type_name]
         varying = tuple(varying)
         unknown = [v for v in varying if v not in nt.inputs or nt.inputs[v].socket]

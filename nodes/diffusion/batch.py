@@ -1,4 +1,4 @@
-"""Several jobs' KSampler / KSamplerAdvanced calls as one batch (the engine's ``Engine.run_batch``).
+"""Several jobs' KSampler / KSamplerAdvanced calls as one batch (the engine's ``run_batch``).
 
 When queued graphs differ only in the sampler's seed (a seed sweep, several users on one workflow), their
 sampling runs as one UNet batch: the jobs' latents are stacked in the batch dimension, each job's noise (the

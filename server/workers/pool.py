@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ipgraph.engine import CancelToken, Engine, Graph
+from ipgraph.engine import CancelToken, Engine, Graph, batch_signature
 
 from ..hub import Hub
 from ..store import CANCELLED, COMPLETED, FAILED, PENDING, Job, JobStore
@@ -228,7 +228,7 @@ class WorkerPool:
     def acquire_mates(self, worker_id: str, run: Run, limit: int) -> list[Run]:
         """Lease, to the worker that holds ``run``, up to ``limit - 1`` pending jobs of the router's window that
         can run in one batch with it (same batch signature and outputs: graphs equal but for their seeds; see
-        ``Engine.run_batch``). Empty when batching is off (``limit`` <= 1) or nothing matches."""
+        ``run_batch``). Empty when batching is off (``limit`` <= 1) or nothing matches."""
         if limit <= 1 or self.stopping.is_set() or self.paused.is_set():
             return []
         signature = self._signature(run.job)
@@ -253,7 +253,7 @@ class WorkerPool:
         if job.id not in self._signatures:
             try:
                 graph = Graph.from_dict(job.graph, self.engine.registry)
-                self._signatures[job.id] = self.engine.batch_signature(graph, job.outputs)
+                self._signatures[job.id] = batch_signature(self.engine, graph, job.outputs)
             except Exception:
                 self._signatures[job.id] = None
             if len(self._signatures) > 4096:

@@ -15,7 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ipgraph.engine import CancelToken, Engine, Graph, NodeFailed, RunCancelledError, ValidationFailed
+from ipgraph.engine import (
+    CancelToken,
+    Engine,
+    Graph,
+    NodeFailed,
+    RunCancelledError,
+    ValidationFailed,
+    run_batch,
+)
 from ipgraph.engine import events as ev
 
 log = logging.getLogger("ipgraph.worker")
@@ -97,7 +105,7 @@ class JobRunner:
         return self._outcome(result, None)
 
     def run_batch(self, jobs: list[dict], emits: list[WireSink], cancels: list[CancelToken]) -> list[dict]:
-        """Run jobs whose graphs share a batch signature together (``Engine.run_batch``): one outcome per job,
+        """Run jobs whose graphs share a batch signature together (``ipgraph.engine.run_batch``): one outcome per job,
         each as :meth:`run` returns it, each job's events to its own ``emit``."""
         current: list[dict] = [{"node": None} for _ in jobs]
 
@@ -114,7 +122,7 @@ class JobRunner:
 
         try:
             graphs = [Graph.from_dict(job["graph"], self.engine.registry) for job in jobs]
-            results = self.engine.run_batch(graphs, outputs=jobs[0].get("outputs"),
+            results = run_batch(self.engine, graphs, outputs=jobs[0].get("outputs"),
                                             on_events=[sink(i) for i in range(len(jobs))], cancels=cancels,
                                             run_ids=[job["id"] for job in jobs],
                                             extras=[job.get("extra_data") or {} for job in jobs])

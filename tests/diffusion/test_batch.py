@@ -1,4 +1,4 @@
-"""Seed variants of one workflow sampled as one batch (Engine.run_batch + nodes/diffusion/batch.py): each job's
+"""Seed variants of one workflow sampled as one batch (ipgraph.engine.run_batch + nodes/diffusion/batch.py): each job's
 latents and images are bit-identical to the job run alone (tiny SD1.5, CPU fp32)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ipgraph.engine import REGISTRY, Engine, Graph
+from ipgraph.engine import REGISTRY, Engine, Graph, run_batch
 
 pytestmark = pytest.mark.slow
 DOC = json.loads((Path(__file__).resolve().parents[2] / "graphs" / "txt2img.json").read_text())
@@ -39,7 +39,7 @@ def test_batched_seeds_equal_each_job_alone(runtime, sampler, scheduler):
 
     batch.run_sampling = counting
     try:
-        together = Engine(REGISTRY, runtime).run_batch([graph(s, sampler, scheduler) for s in seeds],
+        together = run_batch(Engine(REGISTRY, runtime), [graph(s, sampler, scheduler) for s in seeds],
                                                        outputs=["decode"])
     finally:
         batch.run_sampling = original
@@ -55,7 +55,7 @@ def test_jobs_of_several_images_run_alone(runtime):
 
     seeds = [21, 22]
     alone = [Engine(REGISTRY, runtime).run(graph(s, "euler", batch_size=2), outputs=["sampler"]) for s in seeds]
-    together = Engine(REGISTRY, runtime).run_batch([graph(s, "euler", batch_size=2) for s in seeds],
+    together = run_batch(Engine(REGISTRY, runtime), [graph(s, "euler", batch_size=2) for s in seeds],
                                                    outputs=["sampler"])
     for a, b in zip(alone, together, strict=True):
         assert torch.equal(a.outputs["sampler"].LATENT.samples, b.outputs["sampler"].LATENT.samples)

@@ -1,4 +1,4 @@
-"""Engine.run_batch on a toy registry: shared prefix once, one batched call, per-run results, events and
+"""run_batch on a toy registry: shared prefix once, one batched call, per-run results, events and
 outcomes, fallback to running alone, one run's cancellation leaving the others."""
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from ipgraph.engine import (
     RunResult,
     Socket,
     ValidationFailed,
+    batch_signature,
+    run_batch,
 )
 
 CALLS: list[tuple] = []
@@ -110,18 +112,18 @@ def _reset():
 
 def test_signature_ignores_only_the_varying_inputs():
     e = Engine(REG)
-    assert e.batch_signature(graph(1)) == e.batch_signature(graph(2))
-    assert e.batch_signature(graph(1)) != e.batch_signature(graph(1, steps=3))
+    assert batch_signature(e, graph(1)) == batch_signature(e, graph(2))
+    assert batch_signature(e, graph(1)) != batch_signature(e, graph(1, steps=3))
     g = Graph(REG)
     g.add("Sink", id="sink", value=g.add("Load", id="load").number)
-    assert e.batch_signature(g) is None  # nothing to batch
+    assert batch_signature(e, g) is None  # nothing to batch
 
 
 def test_one_batched_call_each_run_its_own_result_and_events():
     e = Engine(REG)
     seeds = [3, 1, 3, 7]  # two runs share a seed: one call serves both
     events: list[list] = [[] for _ in seeds]
-    results = e.run_batch([graph(s) for s in seeds], on_events=[ev.append for ev in events],
+    results = run_batch(e, [graph(s) for s in seeds], on_events=[ev.append for ev in events],
                           run_ids=[f"r{i}" for i in range(4)])
     assert [c for c in CALLS if c[0] != "Sink"] == [("Load", 2.0), ("NoisyBatch", (3, 1, 7))]
     assert sorted(c[1] for c in CALLS if c[0] == "Sink") == [201.0, 203.0, 203.0, 207.0]
@@ -136,14 +138,14 @@ def test_one_batched_call_each_run_its_own_result_and_events():
         assert r.executed == ["load", "noisy", "sink"]
     # the same seeds again: all cached, nothing recomputed
     CALLS.clear()
-    again = e.run_batch([graph(s) for s in seeds])
+    again = run_batch(e, [graph(s) for s in seeds])
     assert [c[0] for c in CALLS] == ["Sink"] * 4 and all(r.cached == ["load", "noisy"] for r in again)
 
 
 def test_declined_batch_runs_each_alone_with_same_results():
     DECLINE["on"] = True
     e = Engine(REG)
-    results = e.run_batch([graph(s) for s in (1, 2)])
+    results = run_batch(e, [graph(s) for s in (1, 2)])
     assert [c for c in CALLS if c[0] == "Noisy"] == [("Noisy", 1), ("Noisy", 2)]
     assert [r.outputs["noisy"].number for r in results] == [201.0, 202.0]
 
@@ -152,7 +154,7 @@ def test_failures_stay_with_their_run():
     e = Engine(REG)
     bad = graph(1)
     bad.set("noisy", "steps", 99)  # out of range: this run alone fails validation
-    results = e.run_batch([graph(666), bad, graph(5)])
+    results = run_batch(e, [graph(666), bad, graph(5)])
     assert isinstance(results[1], ValidationFailed)
     assert isinstance(results[0], NodeFailed) and "666" in results[0].error.message
     assert results[2].outputs["noisy"].number == 205.0  # the batch failed, so each call ran alone
@@ -167,7 +169,7 @@ def test_cancelling_one_run_mid_batch_leaves_the_others():
             tokens[1].cancel()
 
     events: list = []
-    results = e.run_batch([graph(s) for s in (1, 2, 3)], cancels=tokens,
+    results = run_batch(e, [graph(s) for s in (1, 2, 3)], cancels=tokens,
                           on_events=[None, lambda ev: (events.append(ev), cancel_second(ev)), None])
     assert isinstance(results[1], RunCancelledError) and events[-1].kind == "RunCancelled"
     assert [r.outputs["noisy"].number for r in (results[0], results[2])] == [201.0, 203.0]
