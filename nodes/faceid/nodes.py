@@ -26,6 +26,7 @@ from ..core.widgets import ModelName, model_file_check, model_file_fingerprint, 
 from ..ipadapter import IPAdapterPatch, check_pairing, combine_embeds, describe_unet, encode, layer_weights
 from ..ipadapter.clip_vision import ClipVision, ClipVisionOutput
 from ..ipadapter.files import IPAdapterWeights
+from ..ipadapter.presets import folders_fingerprint
 from ..lora.apply import lora_patches
 from ..lora.files import load_lora
 from .files import FACE_EMBED_WIDTH, FaceIDAdapter, FaceIDFileError, load_faceid
@@ -352,20 +353,7 @@ def _faceid_lora(runtime, adapter: FaceIDAdapter, model: ModelHandle, preset: st
     return model.with_patch(patch) if patch is not None else model
 
 
-def _faceid_folders_fingerprint(literals: dict, runtime) -> str:
-    """The loader's answer depends on every file of the three folders it reads: fingerprint them (stat only)."""
-    if runtime is None:
-        return ""
-    from ..core.runtime import ModelNotFound, file_fingerprint
-
-    parts = []
-    for kind in ("ipadapter", "clip_vision", "loras"):
-        for name in runtime.list_models(kind):
-            try:
-                parts.append(file_fingerprint(runtime.model_path(kind, name)))
-            except ModelNotFound:
-                pass
-    return "|".join(parts)
+_faceid_folders_fingerprint = folders_fingerprint(("ipadapter", "clip_vision", "loras"))
 
 
 class UnifiedLoaderFaceIDIn(NodeInputs):

@@ -45,7 +45,7 @@ from .plus_apply import (
     resize_mask_for_encoder,
     unpack,
 )
-from .presets import COMMUNITY_PRESETS, UNIFIED_PRESETS, PresetError, resolve, scan
+from .presets import COMMUNITY_PRESETS, UNIFIED_PRESETS, PresetError, folders_fingerprint, resolve, scan
 from .schedule import METHODS, TIMINGS, prompt_schedule, weights_schedule
 
 PlusWeightType = Literal["linear", "ease in", "ease out", "ease in-out", "reverse in-out", "weak input",
@@ -105,18 +105,7 @@ def load_preset(runtime, model: ModelHandle, preset: str, chained=None) -> IPAda
     return IPAdapterPipeline(adapter, cv, preset)
 
 
-def _folder_fingerprint(literals: dict, runtime) -> str:
-    """The loader's answer depends on every file in both folders: fingerprint them all (stat only)."""
-    if runtime is None:
-        return ""
-    parts = []
-    for kind in ("ipadapter", "clip_vision"):
-        for name in runtime.list_models(kind):
-            try:
-                parts.append(file_fingerprint(runtime.model_path(kind, name)))
-            except ModelNotFound:
-                pass
-    return "|".join(parts)
+_folder_fingerprint = folders_fingerprint(("ipadapter", "clip_vision"))
 
 
 class UnifiedLoaderIn(NodeInputs):

@@ -271,3 +271,23 @@ def resolve(preset_name: str, unet: UNetInfo, adapters: list, encoders: list) ->
     raise PresetError(f"preset {preset.name!r} found the adapter {name} but no CLIP vision encoder in "
                       f"models/clip_vision fits it (it needs {describe_adapter(name, info).split('needs ', 1)[1]}). "
                       f"Found: {listing}.")
+
+
+def folders_fingerprint(kinds: tuple[str, ...]):
+    """A node fingerprint for loaders that pick files by reading a folder: their answer depends on every file
+    in the ``kinds`` folders, so all of them are fingerprinted (stat only)."""
+    def fingerprint(literals: dict, runtime) -> str:
+        if runtime is None:
+            return ""
+        from ..core.runtime import ModelNotFound, file_fingerprint
+
+        parts = []
+        for kind in kinds:
+            for name in runtime.list_models(kind):
+                try:
+                    parts.append(file_fingerprint(runtime.model_path(kind, name)))
+                except ModelNotFound:
+                    pass
+        return "|".join(parts)
+
+    return fingerprint
