@@ -24,7 +24,7 @@ def graph(seed: int, sampler: str, scheduler: str = "normal", batch_size: int = 
 
 @pytest.mark.parametrize("sampler,scheduler", [("euler", "normal"), ("euler_ancestral", "normal"),
                                                ("dpmpp_sde", "karras")])
-def test_batched_seeds_equal_each_job_alone(runtime, sampler, scheduler):
+def test_batched_seeds_equal_each_job_alone(runtime, sampler, scheduler, monkeypatch):
     import ipgraph.nodes  # noqa: F401
     from ipgraph.nodes.diffusion import batch
 
@@ -37,12 +37,8 @@ def test_batched_seeds_equal_each_job_alone(runtime, sampler, scheduler):
         calls.append(kwargs["seed"])
         return original(*args, **kwargs)
 
-    batch.run_sampling = counting
-    try:
-        together = run_batch(Engine(REGISTRY, runtime), [graph(s, sampler, scheduler) for s in seeds],
-                                                       outputs=["decode"])
-    finally:
-        batch.run_sampling = original
+    monkeypatch.setattr(batch, "run_sampling", counting)
+    together = run_batch(Engine(REGISTRY, runtime), [graph(s, sampler, scheduler) for s in seeds], outputs=["decode"])
     assert calls == [seeds]  # one sampling call for the three jobs
     for a, b in zip(alone, together, strict=True):
         assert torch.equal(a.outputs["sampler"].LATENT.samples, b.outputs["sampler"].LATENT.samples)
@@ -56,6 +52,6 @@ def test_jobs_of_several_images_run_alone(runtime):
     seeds = [21, 22]
     alone = [Engine(REGISTRY, runtime).run(graph(s, "euler", batch_size=2), outputs=["sampler"]) for s in seeds]
     together = run_batch(Engine(REGISTRY, runtime), [graph(s, "euler", batch_size=2) for s in seeds],
-                                                   outputs=["sampler"])
+                         outputs=["sampler"])
     for a, b in zip(alone, together, strict=True):
         assert torch.equal(a.outputs["sampler"].LATENT.samples, b.outputs["sampler"].LATENT.samples)

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 GRAPHS = Path(__file__).resolve().parents[2] / "graphs"
 
 
-def test_seed_variants_share_one_sampling_call(tmp_path, models_dir):
+def test_seed_variants_share_one_sampling_call(tmp_path, models_dir, monkeypatch):
     from ipgraph.engine import Graph
     from ipgraph.engine.comfy import to_comfy_api
     from ipgraph.nodes.diffusion import batch
@@ -27,7 +27,7 @@ def test_seed_variants_share_one_sampling_call(tmp_path, models_dir):
         calls.append(kwargs["seed"])
         return original(*args, **kwargs)
 
-    batch.run_sampling = counting
+    monkeypatch.setattr(batch, "run_sampling", counting)
     try:
         prompt = to_comfy_api(Graph.from_json((GRAPHS / "txt2img.json").read_text(), srv.state.registry))
         sampler = next(n for n, e in prompt.items() if e["class_type"] == "KSampler")
@@ -57,5 +57,4 @@ def test_seed_variants_share_one_sampling_call(tmp_path, models_dir):
         assert len(images) == 3
         assert calls == [[5, 6, 7]]
     finally:
-        batch.run_sampling = original
         srv.stop()
