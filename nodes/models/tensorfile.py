@@ -22,13 +22,14 @@ from pathlib import Path
 
 import torch
 
+from .probe import MAX_HEADER_BYTES
+
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": getattr(torch, "float8_e4m3fn", None),
     "F8_E5M2": getattr(torch, "float8_e5m2", None),
 }
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 
 
 class TensorFileError(ValueError):
@@ -96,12 +97,6 @@ def read_safetensors(path: str | Path, dtype: torch.dtype | None = None,
                 t = t.to(dtype)
             out[name] = t
     return out, meta
-
-
-def tensor_shapes(path: str | Path) -> dict[str, tuple]:
-    """Name -> shape from a safetensors header alone."""
-    entries, _, _ = read_header(path)
-    return {k: tuple(int(s) for s in v["shape"]) for k, v in entries.items()}
 
 
 class WeightsMismatch(ValueError):
