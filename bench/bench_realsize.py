@@ -13,7 +13,7 @@ diffusers, ipgraph CLI. 256x256, euler, cfg 7, 4 steps, fp32, CPU.
 
 Printed per side: cold (process spawn to the first image: interpreter, imports, loading, first run; the engine
 and diffusers children then go on with a warm run, the CLI exits), load (checkpoint/encoder/adapter files to
-modules; diffusers maps them and reads pages during its first run), RSS after load, peak RSS, warm (a new seed, models and encodings cached), per step, VAE
+modules; both sides map the files and read pages during the first run), RSS after load, peak RSS, warm (a new seed, models and encodings cached), per step, VAE
 decode; and the ratios ipgraph / diffusers. The ipgraph engine child also prints the per-node breakdown of
 its cold run.
 """

@@ -160,8 +160,12 @@ class ModelManager:
         return bool(self._evicted) and any(m in self._evicted for m in modules_in(value))
 
     @contextmanager
-    def on_device(self, *objs: Any) -> Iterator[None]:
-        """Make sure the modules inside ``objs`` are on the compute device for the duration of the block."""
+    def on_device(self, *objs: Any, once_per_job: bool = False) -> Iterator[None]:
+        """Make sure the modules inside ``objs`` are on the compute device for the duration of the block.
+
+        ``once_per_job``: the modules run once per job (text and image encoders, the VAE), not at every step;
+        afterwards the pages of their file-mapped weights leave the process's resident memory and come back
+        from the page cache on the next use (:func:`~ipgraph.nodes.models.tensorfile.release_pages`)."""
         wanted = [m for o in objs for m in modules_of(o)]
         if self.device.type != "cpu":
             with self._lock:
@@ -170,7 +174,13 @@ class ModelManager:
                 for m in wanted:
                     if _device_of(m) != self.device:
                         m.to(self.device)
-        yield
+        try:
+            yield
+        finally:
+            if once_per_job:
+                from ..models.tensorfile import release_pages
+
+                release_pages(wanted)
 
     def _make_room(self, need: int, keep: list[torch.nn.Module]) -> None:
         if self.budget_bytes is None:

@@ -115,7 +115,7 @@ def clip_set_last_layer(inp: SetLastLayerIn, ctx: NodeContext) -> ClipOut:
 def _encode(clip: ClipHandle, texts: tuple[str, ...], ctx: NodeContext,
             time_ids: torch.Tensor | None, pad_chunks: bool = False) -> Conditioning:
     runtime = runtime_of(ctx)
-    with runtime.models.on_device(clip.text_encoders), ExitStack() as stack:
+    with runtime.models.on_device(clip.text_encoders, once_per_job=True), ExitStack() as stack:
         install_patches(stack, clip.text_encoders, clip.patches, None)  # LoRA / merges, undone on exit
         embeds, pooled = encode_text(clip, texts, runtime.device, runtime.model_folder("embeddings"),
                                      pad_chunks=pad_chunks)

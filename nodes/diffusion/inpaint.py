@@ -103,7 +103,7 @@ def vae_encode_for_inpaint(inp: EncodeForInpaintIn, ctx: NodeContext) -> LatentO
     runtime = runtime_of(ctx)
     check_pixels(inp.pixels, runtime)
     mask = pixel_mask(inp.mask, inp.pixels, inp.grow_mask_by)
-    with runtime.models.on_device(inp.vae.vae):
+    with runtime.models.on_device(inp.vae.vae, once_per_job=True):
         samples = encode(inp.vae, inp.pixels, runtime.device)
     return LatentOut(LATENT=Latent(samples, noise_mask=latent_mask(mask, samples.shape[-2:])))
 
@@ -142,7 +142,7 @@ def inpaint_model_conditioning(inp: InpaintConditioningIn, ctx: NodeContext) -> 
     runtime = runtime_of(ctx)
     check_pixels(inp.pixels, runtime)
     mask = pixel_mask(inp.mask, inp.pixels)
-    with runtime.models.on_device(inp.vae.vae):
+    with runtime.models.on_device(inp.vae.vae, once_per_job=True):
         latent = inpaint_latent(inp.vae, inp.pixels, mask, runtime.device)
     if inp.noise_mask:
         latent = latent.replace(noise_mask=latent.concat[:, :1].clone())

@@ -102,7 +102,7 @@ def vae_encode_node(inp: VAEEncodeIn, ctx: NodeContext) -> LatentOut:
     """Encode images into a latent (image-to-image starts from it)."""
     runtime = runtime_of(ctx)
     check_pixels(inp.pixels, runtime)
-    with runtime.models.on_device(inp.vae.vae):
+    with runtime.models.on_device(inp.vae.vae, once_per_job=True):
         return LatentOut(LATENT=Latent(vae_encode(inp.vae, inp.pixels, runtime.device)))
 
 
@@ -121,7 +121,7 @@ def vae_decode_node(inp: VAEDecodeIn, ctx: NodeContext) -> ImageOut:
     runtime = runtime_of(ctx)
     if hasattr(runtime, "prepare"):
         runtime.prepare(inp.vae.vae)
-    with runtime.models.on_device(inp.vae.vae):
+    with runtime.models.on_device(inp.vae.vae, once_per_job=True):
         return ImageOut(IMAGE=vae_decode(inp.vae, inp.samples.samples, runtime.device))
 
 
@@ -170,6 +170,6 @@ def vae_decode_tiled_node(inp: VAEDecodeTiledIn, ctx: NodeContext) -> ImageOut:
     runtime = runtime_of(ctx)
     if hasattr(runtime, "prepare"):
         runtime.prepare(inp.vae.vae)
-    with runtime.models.on_device(inp.vae.vae):
+    with runtime.models.on_device(inp.vae.vae, once_per_job=True):
         return ImageOut(IMAGE=vae_decode_tiled(inp.vae, inp.samples.samples, runtime.device, inp.tile_size,
                                                inp.overlap))

@@ -310,7 +310,7 @@ def faceid_apply(inp: FaceIDApplyIn, ctx: NodeContext) -> ModelOut:
 
 def _encoders_on_device(ctx, *encoders):
     """The CLIP vision encoders on the compute device while FaceID-plus encodes the face crops."""
-    return runtime_of(ctx).models.on_device(*[cv.model for cv in encoders if cv is not None])
+    return runtime_of(ctx).models.on_device(*[cv.model for cv in encoders if cv is not None], once_per_job=True)
 
 
 # -- ComfyUI_IPAdapter_plus -------------------------------------------------------------------------------

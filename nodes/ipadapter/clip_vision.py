@@ -109,7 +109,7 @@ class CLIPVisionEncodeOut(NodeOutputs):
 def clip_vision_encode(inp: CLIPVisionEncodeIn, ctx: NodeContext) -> CLIPVisionEncodeOut:
     """Encode reference images once; any number of IP-Adapter nodes can reuse the result."""
     cv: ClipVision = inp.clip_vision
-    with runtime_of(ctx).models.on_device(cv.model):
+    with runtime_of(ctx).models.on_device(cv.model, once_per_job=True):
         embeds, hidden = cv.encode_images(inp.image, inp.crop)
     return CLIPVisionEncodeOut(CLIP_VISION_OUTPUT=ClipVisionOutput(
         embeds, hidden, cv.info.hidden_size, cv.info.projection_dim, cv.source, inp.crop, cv))

@@ -149,8 +149,8 @@ def clip_vision_config_from_shapes(shapes: dict[str, tuple]):
 def load_clip_vision(path: str | Path, dtype: torch.dtype = torch.float32):
     """Load a ``CLIPVisionModelWithProjection`` from a single safetensors file or a diffusers folder (CPU, eval).
 
-    Single files are read once into memory (no mapped duplicate) and the model is built with empty weights
-    that take the file's tensors by assignment: no random initialisation of a ViT-H only to overwrite it.
+    Single files are mapped (``tensorfile.read_safetensors``) and the model is built with empty weights that
+    take the file's tensors by assignment: no copy, and no random initialisation of a ViT-H only to overwrite it.
     ``dtype``: floating weights are converted as they are read (one tensor at a time).
     """
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection

@@ -195,7 +195,7 @@ def ipadapter_apply(inp: IPAdapterApplyIn, ctx: NodeContext) -> ModelOut:
 
     encoders = [m for m in (getattr(inp.clip_vision, "model", None),
                             getattr(getattr(inp.clip_vision_output, "encoder", None), "model", None)) if m is not None]
-    with runtime.models.on_device(*encoders):
+    with runtime.models.on_device(*encoders, once_per_job=True):
         cond, uncond, cv = _reference(inp, adapter)
         if inp.image_negative is not None:
             if cv is None:

@@ -152,7 +152,7 @@ def _apply(ctx, model: ModelHandle, ipadapter, clip_vision, *, image=None, image
     adapter, cv = unpack(ipadapter, clip_vision)
     check_model(model, adapter)
     mask = _mask(attn_mask) if attn_mask is not None else None
-    with runtime.models.on_device(*([cv.model] if cv is not None else [])):
+    with runtime.models.on_device(*([cv.model] if cv is not None else []), once_per_job=True):
         comp = None
         if image is not None:
             cv = need_encoder(cv)
@@ -730,7 +730,7 @@ def ipadapter_encoder(inp: PlusEncoderIn, ctx: NodeContext) -> PlusEncoderOut:
     adapter, cv = unpack(inp.ipadapter, inp.clip_vision)
     cv = need_encoder(cv)
     mask = resize_mask_for_encoder(_mask(inp.mask), cv.info.image_size) if inp.mask is not None else None
-    with runtime_of(ctx).models.on_device(cv.model):
+    with runtime_of(ctx).models.on_device(cv.model, once_per_job=True):
         cond = encode_reference(adapter, cv, inp.image, "image", mask=mask)
         if inp.image_negative is not None:
             from .embeds import _fit

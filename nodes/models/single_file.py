@@ -356,8 +356,8 @@ def _read_json(path: Path, source) -> dict:
 
 
 def _read_tensors(path: Path, dtype: torch.dtype | None = None) -> tuple[dict, dict]:
-    """All tensors and the metadata of a file: safetensors (read once into aligned memory, floating tensors
-    converted to ``dtype`` one by one), or a pickle opened weights-only (memory-mapped when it is a zip)."""
+    """All tensors and the metadata of a file: safetensors (views of the mapped file, floating tensors of another
+    dtype converted one by one), or a pickle opened weights-only (memory-mapped when it is a zip)."""
     suffix = path.suffix.lower()
     if not path.exists():
         raise CheckpointError(f"{path} does not exist.")

@@ -1,10 +1,12 @@
-"""One copy of the weights: files read once into aligned memory, modules filled by assignment, models dropped
-under a RAM budget with the cached outputs that hold them (so the memory really goes)."""
+"""One copy of the weights: files mapped (tensors are views, no copy), modules filled by assignment, pages of
+once-per-job models given back after use, models dropped under a RAM budget with the cached outputs that hold
+them (so the memory really goes)."""
 
 from __future__ import annotations
 
 import gc
 import shutil
+import sys
 import weakref
 
 import pytest
@@ -13,20 +15,82 @@ from safetensors.torch import load_file
 
 from ipgraph.nodes.ipadapter import load_clip_vision
 from ipgraph.nodes.models.single_file import CheckpointError, load_checkpoint
-from ipgraph.nodes.models.tensorfile import TensorFileError, read_safetensors
+from ipgraph.nodes.models.tensorfile import COPY_UNALIGNED_BELOW, TensorFileError, read_safetensors
 
 
-def test_reader_matches_safetensors_and_aligns_every_tensor(models_dir):
+def test_reader_matches_safetensors_and_maps_the_file(models_dir, tmp_path):
     path = models_dir / "checkpoints" / "tiny-sd15.safetensors"
     want = load_file(str(path))
     got, meta = read_safetensors(path)
     assert got.keys() == want.keys() and "ipgraph" in meta
+    size = path.stat().st_size
     for k, v in want.items():
         assert got[k].dtype == v.dtype and torch.equal(got[k], v), k
-        assert got[k].data_ptr() % 64 == 0 or got[k].numel() == 0, k
+        if got[k].data_ptr() % 64 == 0 and v.numel():  # a view of the mapping, or a small unaligned tensor's copy
+            assert got[k].untyped_storage().nbytes() in (size, v.nbytes), k
+        elif v.numel():  # left unaligned: a view of the one mapping of the file, only when large
+            assert got[k].untyped_storage().nbytes() == size and v.nbytes >= COPY_UNALIGNED_BELOW, k
+    assert sum(t.untyped_storage().nbytes() == size for t in got.values()) > 0  # the file is mapped, not read
     half, _ = read_safetensors(path, torch.float16)
     assert all(t.dtype == torch.float16 for t in half.values() if t.is_floating_point())
     assert torch.equal(half["model.diffusion_model.out.2.weight"], want["model.diffusion_model.out.2.weight"].half())
+
+    copy = tmp_path / "copy.safetensors"  # writing to a tensor never reaches the file (a private mapping)
+    shutil.copy(path, copy)
+    before = copy.read_bytes()
+    mine, _ = read_safetensors(copy)
+    mine["model.diffusion_model.out.2.weight"].add_(1.0)
+    assert copy.read_bytes() == before
+
+
+def test_a_tensor_at_an_odd_offset_is_read_into_its_own_memory(tmp_path):
+    import json
+    import struct
+
+    header = {"u": {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]},
+              "f": {"dtype": "F32", "shape": [2], "data_offsets": [3, 11]}}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes([1, 2, 3]) + torch.tensor([1.5, 2.5]).numpy().tobytes())
+    got, _ = read_safetensors(path)
+    assert got["u"].tolist() == [1, 2, 3] and got["f"].tolist() == [1.5, 2.5]
+    assert got["f"].untyped_storage().nbytes() == 8  # its own memory
+
+
+def _rss() -> int:
+    from pathlib import Path
+
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_DONTNEED and /proc are Linux's")
+def test_pages_of_a_once_per_job_model_leave_the_process_and_come_back_equal(tmp_path):
+    from safetensors.torch import save_file
+
+    from ipgraph.nodes.core.manager import ModelManager
+    from ipgraph.nodes.models.tensorfile import materialize, release_pages
+
+    path = tmp_path / "wide.safetensors"
+    gen = torch.Generator().manual_seed(0)
+    save_file({"weight": torch.randn(4096, 4096, generator=gen), "bias": torch.randn(4096, generator=gen)}, path)
+    sd, _ = read_safetensors(path)
+    layer = materialize(lambda: torch.nn.Linear(4096, 4096), sd)
+    x = torch.randn(2, 4096, generator=gen)
+    manager = ModelManager(torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        first = layer(x)  # every page of the 64 MiB weight is resident now
+        resident = _rss()
+        with manager.on_device(layer, once_per_job=True):
+            again = layer(x)
+        given_back = resident - _rss()
+        after = layer(x)  # mapped again from the page cache
+    assert given_back > 48 * 2**20, given_back
+    assert torch.equal(first, again) and torch.equal(first, after)
+    converted = materialize(lambda: torch.nn.Linear(4096, 4096, dtype=torch.float16),
+                            read_safetensors(path, torch.float16)[0])
+    assert release_pages([converted]) == 0  # a converted copy is the process's own memory: left alone
 
 
 def test_truncated_file_is_named(models_dir, tmp_path):

@@ -77,8 +77,9 @@ def _norm(text: str) -> str:
 def _open_node_search(page, attempts: int = 5) -> None:
     """Double-click empty canvas until the node search opens. The editor takes two clicks as a double-click only
     within 300 ms, and Playwright's four mouse events can be slower than that on a loaded machine (CI failed so),
-    so a missed double-click is retried, as a user would."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout  # only here: the module skips without it
+    so a missed double-click is retried, as a user would. (playwright is imported here: without it the module
+    skips.)"""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     for _ in range(attempts):
         page.mouse.dblclick(900, 720)
