@@ -96,7 +96,8 @@ def _inspect(path: Path):
 def _load(ctx: NodeContext, name: str) -> MotionModule:
     runtime = runtime_of(ctx)
     path = runtime.model_path(KIND, name)
-    return runtime.models.load(("motion_module", str(path)), lambda: load_motion_module(path, runtime.dtype))
+    return runtime.models.load(("motion_module", str(path)), lambda: load_motion_module(path, runtime.dtype),
+                               path=path)
 
 
 # -- ipgraph's own nodes -------------------------------------------------------------------------------

@@ -126,7 +126,7 @@ def upscale_model_loader(inp: UpscaleModelLoaderIn, ctx: NodeContext) -> Upscale
     """Load a super-resolution model (ESRGAN, Real-ESRGAN, SwinIR, ...); the architecture comes from the weights."""
     runtime = runtime_of(ctx)
     path = runtime.model_path("upscale_models", inp.model_name)
-    model = runtime.models.load(("upscale_model", str(path)), lambda: load_upscale_model(path))
+    model = runtime.models.load(("upscale_model", str(path)), lambda: load_upscale_model(path), path=path)
     return UpscaleModelOut(UPSCALE_MODEL=model)
 
 

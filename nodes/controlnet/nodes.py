@@ -15,7 +15,6 @@ from pydantic import Field
 
 from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
 
-from ..core.manager import file_bytes
 from ..core.types import SD15, SDXL, Conditioning
 from ..core.widgets import ModelName, model_file_check, model_file_fingerprint, runtime_of
 from ..models.single_file import CheckpointError, _header
@@ -51,7 +50,7 @@ def load_controlnet_handle(ctx: NodeContext, name: str) -> ControlNetHandle:
     runtime = runtime_of(ctx)
     path = runtime.model_path("controlnet", name)
     net = runtime.models.load(("controlnet", str(path)), lambda: load_controlnet(path, dtype=runtime.dtype),
-                                 size_hint=file_bytes(path))
+                                 path=path)
     return ControlNetHandle(net, arch_of(net), str(path))
 
 

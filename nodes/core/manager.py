@@ -91,6 +91,18 @@ def release_memory() -> None:
 class _Loaded:
     value: Any
     nbytes: int
+    stamp: str | None = None  # the source file's path, size and mtime when it was loaded
+
+
+def _stamp(path) -> str | None:
+    from pathlib import Path
+
+    from .runtime import file_fingerprint
+
+    try:
+        return file_fingerprint(Path(path))
+    except OSError:
+        return None
 
 
 class ModelManager:
@@ -112,23 +124,30 @@ class ModelManager:
         self._evicted: weakref.WeakSet = weakref.WeakSet()  # dropped modules something may still hold
         self.on_evict: list[Callable[[], None]] = []  # called after models were dropped (cache pruning)
 
-    def load(self, key: tuple, loader: Callable[[], Any], size_hint: int | None = None) -> Any:
-        """Return the model for ``key`` (file, kind, ...), running ``loader`` only the first time.
+    def load(self, key: tuple, loader: Callable[[], Any], size_hint: int | None = None, path=None) -> Any:
+        """Return the model for ``key`` (kind, file, ...), running ``loader`` only the first time.
 
-        Under ``max_loaded_bytes``, least recently used models are dropped BEFORE loading when ``size_hint``
-        (the file's size) says the new one would not fit, so two models never overlap at the peak, and again
-        after loading with the real size."""
+        ``path``: the file or folder the model is read from. A file replaced under the same name (its size or
+        mtime changed) is loaded again and the old model dropped, as ComfyUI reads the file each time its
+        loader runs; its size is the default ``size_hint``. Under ``max_loaded_bytes``, least recently used
+        models are dropped BEFORE loading when ``size_hint`` says the new one would not fit, so two models never
+        overlap at the peak, and again after loading with the real size."""
         full_key = (*key, str(self.dtype), str(self.device))
+        stamp = _stamp(path) if path is not None else None
         with self._lock:
             hit = self._loaded.get(full_key)
-            if hit is not None:
+            if hit is not None and hit.stamp == stamp:
                 self._loaded.move_to_end(full_key)
                 return hit.value
+            if hit is not None:  # the file changed since: the old model goes first
+                self._forget([self._loaded.pop(full_key)])
+            if size_hint is None and path is not None:
+                size_hint = file_bytes(path)
             if size_hint:
                 self._evict_loaded(keep=None, extra=int(size_hint))
             value = loader()
             self.loads += 1
-            entry = _Loaded(value, module_nbytes(value))
+            entry = _Loaded(value, module_nbytes(value), stamp)
             self._loaded[full_key] = entry
             self._evict_loaded(keep=full_key)
             return value

@@ -9,7 +9,6 @@ import torch
 
 from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, node
 
-from ..core.manager import file_bytes
 from ..core.types import ClipHandle, ModelHandle, VaeHandle
 from ..core.widgets import ModelName, model_file_check, model_file_fingerprint, runtime_of
 from ..models.single_file import CheckpointError, inspect_checkpoint, load_checkpoint, load_vae
@@ -53,7 +52,7 @@ def load_checkpoint_handles(runtime, name: str) -> tuple[ModelHandle, ClipHandle
         upcast_sdxl_vae(ckpt.vae, ckpt.arch)
         return ckpt
 
-    ckpt = runtime.models.load(("checkpoint", str(path)), load, size_hint=file_bytes(path))
+    ckpt = runtime.models.load(("checkpoint", str(path)), load, path=path)
     return (ModelHandle(ckpt.unet, ckpt.arch, dict(ckpt.scheduler_config), str(path)),
             ClipHandle(tuple(ckpt.text_encoders), tuple(ckpt.tokenizers), ckpt.arch, str(path)),
             VaeHandle(ckpt.vae, ckpt.arch, str(path)))
@@ -81,7 +80,7 @@ def load_vae_handle(runtime, name: str) -> VaeHandle:
         upcast_sdxl_vae(vae, _vae_arch(vae))
         return vae
 
-    vae = runtime.models.load(("vae", str(path)), load, size_hint=file_bytes(path))
+    vae = runtime.models.load(("vae", str(path)), load, path=path)
     return VaeHandle(vae, _vae_arch(vae), str(path))
 
 

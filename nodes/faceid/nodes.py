@@ -160,7 +160,7 @@ def _check_faceid_file(path: Path):
 
 
 def _faceid_file(runtime, path: Path) -> FaceIDAdapter:
-    return runtime.models.load(("faceid", str(path)), lambda: load_faceid(path))
+    return runtime.models.load(("faceid", str(path)), lambda: load_faceid(path), path=path)
 
 
 class LoadFaceIDAdapterIn(NodeInputs):
@@ -341,7 +341,7 @@ def _faceid_lora(runtime, adapter: FaceIDAdapter, model: ModelHandle, preset: st
         _find(names, pattern) if pattern else None)
     if name is not None:
         path = runtime.model_path("loras", name)
-        lora = runtime.models.load(("lora", str(path)), lambda: load_lora(path))
+        lora = runtime.models.load(("lora", str(path)), lambda: load_lora(path), path=path)
     else:
         lora = adapter.lora_for(model.unet)
     if lora is None:

@@ -17,7 +17,6 @@ from pydantic import Field
 
 from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
 
-from ..core.manager import file_bytes
 from ..core.widgets import ModelName, model_file_check, model_file_fingerprint, runtime_of
 from . import EncoderInfo, describe_encoder, encode, load_clip_vision, preprocess
 
@@ -88,7 +87,7 @@ def clip_vision_loader(inp: CLIPVisionLoaderIn, ctx: NodeContext) -> CLIPVisionL
     path = runtime.model_path("clip_vision", inp.clip_name)
 
     model = runtime.models.load(("clip_vision", str(path)), lambda: load_clip_vision(path, runtime.dtype),
-                                 size_hint=file_bytes(path))
+                                 path=path)
     return CLIPVisionLoaderOut(CLIP_VISION=ClipVision(model, describe_encoder(model), str(path)))
 
 

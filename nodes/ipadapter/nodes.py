@@ -75,7 +75,7 @@ def ipadapter_model_loader(inp: IPAdapterModelLoaderIn, ctx: NodeContext) -> IPA
     runtime = runtime_of(ctx)
     path = runtime.model_path("ipadapter", inp.ipadapter_file)
     return IPAdapterModelLoaderOut(IPADAPTER=runtime.models.load(("ipadapter", str(path)),
-                                                                 lambda: load_ipadapter(path)))
+                                                                 lambda: load_ipadapter(path), path=path))
 
 
 # -- apply ----------------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from pydantic import Field
 
 from ipgraph.engine import NodeContext, NodeInputs, NodeOutputs, Output, Socket, node
 
-from ..core.manager import file_bytes
 from ..core.runtime import ModelNotFound, file_fingerprint
 from ..core.types import ModelHandle
 from ..core.widgets import runtime_of
@@ -81,7 +80,7 @@ class ModelOut(NodeOutputs):
 
 def _load_clip_vision(runtime, path: Path) -> ClipVision:
     model = runtime.models.load(("clip_vision", str(path)), lambda: load_clip_vision(path, runtime.dtype),
-                                 size_hint=file_bytes(path))
+                                 path=path)
     return ClipVision(model, describe_encoder(model), str(path))
 
 
@@ -96,7 +95,7 @@ def load_preset(runtime, model: ModelHandle, preset: str, chained=None) -> IPAda
     if isinstance(chained, IPAdapterPipeline) and chained.adapter.info.path == str(a_path):
         adapter = chained.adapter
     else:
-        adapter = runtime.models.load(("ipadapter", str(a_path)), lambda: load_ipadapter(a_path))
+        adapter = runtime.models.load(("ipadapter", str(a_path)), lambda: load_ipadapter(a_path), path=a_path)
     chained_cv = getattr(chained, "clip_vision", None)  # an IPAdapterPipeline or the FaceID loader's pipeline
     if chained_cv is not None and chained_cv.source == str(c_path):
         cv = chained_cv

@@ -27,7 +27,7 @@ def _check_file(path: Path):
 
 def _lora_file(runtime, name: str):
     path = runtime.model_path("loras", name)
-    return runtime.models.load(("lora", str(path)), lambda: load_lora(path))
+    return runtime.models.load(("lora", str(path)), lambda: load_lora(path), path=path)
 
 
 def apply_lora(runtime, name: str, model, clip, strength_model: float, strength_clip: float):

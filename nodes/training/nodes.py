@@ -90,5 +90,5 @@ def train_ipadapter(inp: TrainIPAdapterIn, ctx: NodeContext) -> TrainIPAdapterOu
     ctx.set_ui({"text": f"trained {result.steps} steps: {name} (loss {result.losses[0]:.4f} -> "
                         f"{result.losses[-1]:.4f})"})
     return TrainIPAdapterOut(ipadapter_file=name,
-                             ipadapter=runtime.models.load(("ipadapter", str(path), path.stat().st_mtime_ns),
-                                                           lambda: load_ipadapter(path)))
+                             ipadapter=runtime.models.load(("ipadapter", str(path)),
+                                                           lambda: load_ipadapter(path), path=path))

@@ -175,3 +175,31 @@ def test_alternating_checkpoints_under_a_ram_budget_keep_one_loaded(models_dir, 
     runtime.models.clear()  # what POST /free {"unload_models": true} does
     assert runtime.models.stats()["loaded"] == 0
     assert not any(runtime.models.holds_evicted(e.outputs) for e in engine.cache._entries.values())
+
+
+def test_a_model_file_replaced_under_its_name_is_loaded_again(models_dir, tmp_path):
+    """As ComfyUI reads the file each time its loader runs: a new file renamed over the old one (as downloaders
+    write) is what the next run uses, and the old model is dropped rather than kept beside it."""
+    import os
+
+    import ipgraph.nodes  # noqa: F401
+    from ipgraph.engine import REGISTRY, Engine, Graph
+    from ipgraph.nodes.core.runtime import Runtime
+
+    folder = tmp_path / "models" / "checkpoints"
+    folder.mkdir(parents=True)
+    shutil.copy(models_dir / "checkpoints" / "tiny-sd15.safetensors", folder / "model.safetensors")
+    runtime = Runtime.create(models_dir=tmp_path / "models", output_dir=tmp_path / "out", input_dir=tmp_path / "in",
+                             device="cpu", dtype="float32")
+    engine = Engine(REGISTRY, runtime)
+    graph = Graph()
+    graph.add("LoadCheckpoint", id="ckpt", name="model.safetensors")
+    assert engine.run(graph, outputs=["ckpt"]).outputs["ckpt"].model.unet.config.in_channels == 4
+    engine.run(graph, outputs=["ckpt"])
+    assert runtime.models.loads == 1  # unchanged file: the loaded model is shared
+
+    new = folder / "model.safetensors.part"
+    shutil.copy(models_dir / "checkpoints" / "tiny-sd15-inpaint.safetensors", new)
+    os.replace(new, folder / "model.safetensors")
+    assert engine.run(graph, outputs=["ckpt"]).outputs["ckpt"].model.unet.config.in_channels == 9  # the new file
+    assert runtime.models.loads == 2 and runtime.models.stats()["loaded"] == 1
