@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -64,9 +65,7 @@ def modules_in(value: Any, depth: int = 0) -> Iterator[torch.nn.Module]:
 
 
 def file_bytes(path) -> int:
-    """Bytes on disk of a model file or folder: the ``size_hint`` loaders give :meth:`ModelManager.load`."""
-    from pathlib import Path
-
+    """Bytes on disk of a model file or folder: the default ``size_hint`` of :meth:`ModelManager.load`."""
     path = Path(path)
     try:
         if path.is_dir():
@@ -74,6 +73,19 @@ def file_bytes(path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+def file_fingerprint(path: Path) -> str:
+    """path + size + mtime: a changed file changes the cache key of whatever loaded it."""
+    if path.is_dir():
+        parts = []
+        for f in sorted(path.rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                parts.append(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}")
+        return f"{path}|" + ";".join(parts)
+    st = path.stat()
+    return f"{path}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def release_memory() -> None:
@@ -95,10 +107,6 @@ class _Loaded:
 
 
 def _stamp(path) -> str | None:
-    from pathlib import Path
-
-    from .runtime import file_fingerprint
-
     try:
         return file_fingerprint(Path(path))
     except OSError:

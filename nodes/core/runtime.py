@@ -17,6 +17,8 @@ import torch
 from ipgraph.graphs import ASSETS_DIR
 from ipgraph.limits import Limits
 
+from .manager import file_fingerprint  # noqa: F401  (loaders import it from here)
+
 MODEL_KINDS = (
     "checkpoints", "vae", "clip_vision", "ipadapter", "controlnet", "embeds", "embeddings", "upscale_models",
     "animatediff_models", "loras", "insightface",
@@ -217,14 +219,3 @@ def _inside_diffusers_folder(path: Path, root: Path) -> bool:
     return False
 
 
-def file_fingerprint(path: Path) -> str:
-    """path + size + mtime: a changed file changes the cache key of whatever loaded it."""
-    if path.is_dir():
-        parts = []
-        for f in sorted(path.rglob("*")):
-            if f.is_file():
-                st = f.stat()
-                parts.append(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}")
-        return f"{path}|" + ";".join(parts)
-    st = path.stat()
-    return f"{path}:{st.st_size}:{st.st_mtime_ns}"

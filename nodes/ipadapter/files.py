@@ -203,7 +203,7 @@ def _read_state(path: Path) -> tuple[dict, dict]:
     if not path.is_file():
         raise IPAdapterFileError(f"IP-Adapter file {path} does not exist.")
     try:
-        if path.suffix == ".safetensors":  # read once into aligned float32 memory (see models.tensorfile)
+        if path.suffix == ".safetensors":  # mapped, converted to float32 per tensor (see models.tensorfile)
             from ..models.tensorfile import read_safetensors
 
             return _split(read_safetensors(path, torch.float32)[0])

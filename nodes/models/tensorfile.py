@@ -125,9 +125,12 @@ def _map(path: str | Path, size: int) -> torch.UntypedStorage | None:
     """The whole file as a private (copy-on-write) mapping, remembered for :func:`release_pages`."""
     if not size:
         return None
-    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
-    for key in [k for k, ref in _MAPPED.items() if ref() is None]:
-        del _MAPPED[key]
+    try:
+        storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
+    except RuntimeError as e:  # the file shrank since it was measured, or cannot be mapped
+        raise TensorFileError(f"the file could not be mapped ({e})") from None
+    for key in [k for k, ref in list(_MAPPED.items()) if ref() is None]:
+        _MAPPED.pop(key, None)
     _MAPPED[storage._cdata] = weakref.ref(storage)
     return storage
 
