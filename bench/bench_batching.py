@@ -1,8 +1,10 @@
 """Throughput of queued seed variants: batched sampling (``--batch 4``) vs one job at a time (``--batch 1``).
 
     python bench/bench_batching.py [--model tiny|mid|both] [--rounds 3] [--jobs 4] [--threads 1]
+                                   [--worker inprocess|remote]
 
-The real server (uvicorn on a loopback port, in-process worker) on the txt2img workflow (tiny SD1.5 at 64 px,
+The real server (uvicorn on a loopback port; the in-process worker, or with ``--worker remote`` an ``ipgraph
+worker`` leasing over HTTP and uploading its images, as ``--workers local:N`` runs them) on the txt2img workflow (tiny SD1.5 at 64 px,
 20 steps; the ~100M-parameter "mid" SD1.5 at 256 px, 8 steps). Each round pauses the queue, POSTs ``--jobs``
 ComfyUI prompts that differ only in the seed (fresh seeds: nothing cached but the shared prefix), resumes and
 times, as a websocket client, until the last ``execution_success``. Rounds alternate between the worker's
@@ -73,17 +75,36 @@ def one_round(srv, c, ws, prompt: dict, sampler: str, seeds: list[int]) -> tuple
     return seconds, pixels
 
 
-def bench(kind: str, models: Path, rounds: int, jobs: int) -> None:
+def remote_worker(srv, models: Path):
+    """An ``ipgraph worker`` loop in a thread (its own engine, runtime and folders), serving ``srv``."""
+    import threading
+
+    from ipgraph.engine import REGISTRY, Engine
+    from ipgraph.nodes.core.runtime import Runtime
+    from ipgraph.server.workers.remote import RemoteWorker
+    from ipgraph.server.workers.runner import JobRunner
+
+    work = Path(tempfile.mkdtemp(prefix="bench-batch-worker-"))
+    runtime = Runtime.create(models_dir=models, output_dir=work / "output", input_dir=work / "input",
+                             temp_dir=work / "temp", device="cpu", allow_absolute_paths=False)
+    worker = RemoteWorker(srv.url, None, "bench", JobRunner(Engine(REGISTRY, runtime), upload=True),
+                          default_registry=False, batch=1)
+    threading.Thread(target=worker.serve, daemon=True).start()
+    return worker
+
+
+def bench(kind: str, models: Path, rounds: int, jobs: int, where: str = "inprocess") -> None:
     from tests.server.conftest import LiveServer, WsClient
 
     ckpt, size, steps = SETTINGS[kind]
-    srv = LiveServer(Path(tempfile.mkdtemp(prefix=f"bench-batch-{kind}-")), models_dir=models, batch=jobs).start()
+    srv = LiveServer(Path(tempfile.mkdtemp(prefix=f"bench-batch-{kind}-")), models_dir=models, batch=jobs,
+                     workers="none" if where == "remote" else "inprocess").start()
     try:
         c = srv.client()
         c.timeout = 600
         ws = WsClient(srv, f"bench-{kind}")
         prompt, sampler = prompt_for(srv.state.registry, ckpt, size, steps)
-        slot = srv.state.worker.slots[0]
+        slot = remote_worker(srv, models) if where == "remote" else srv.state.worker.slots[0]
         slot.batch = 1
         one_round(srv, c, ws, prompt, sampler, [1])  # load the model, encode the prompts
         times: dict[int, list[float]] = {1: [], jobs: []}
@@ -95,11 +116,12 @@ def bench(kind: str, models: Path, rounds: int, jobs: int) -> None:
         images = {}
         for limit in (jobs, 1):  # the same seeds both ways (the output cache emptied in between)
             slot.batch = limit
-            srv.state.engine.cache.clear()
+            (slot.runner.engine if where == "remote" else srv.state.engine).cache.clear()
             images[limit] = one_round(srv, c, ws, prompt, sampler, list(range(7, 7 + jobs)))[1]
         same = images[1] == images[jobs]
         seq, bat = statistics.median(times[1]), statistics.median(times[jobs])
-        print(f"[{kind}] {size}px {steps} steps, {jobs} queued seed variants, median of {rounds} rounds: "
+        print(f"[{kind}, {where} worker] {size}px {steps} steps, {jobs} queued seed variants, median of {rounds} "
+              f"rounds: "
               f"one at a time {seq:.2f} s ({60 * jobs / seq:.1f} jobs/min) | batched {bat:.2f} s "
               f"({60 * jobs / bat:.1f} jobs/min) | throughput ratio batched/sequential {seq / bat:.2f}x | "
               f"same pixels per seed: {same}", flush=True)
@@ -114,6 +136,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models-dir", default=None)
+    parser.add_argument("--worker", choices=["inprocess", "remote"], default="inprocess")
     args = parser.parse_args()
     import torch
 
@@ -131,7 +154,7 @@ def main() -> None:
     print(f"torch threads {args.threads}; machine: {torch.get_num_threads()} torch threads of "
           f"{__import__('os').cpu_count()} CPUs", flush=True)
     for kind in (["tiny", "mid"] if args.model == "both" else [args.model]):
-        bench(kind, models, args.rounds, args.jobs)
+        bench(kind, models, args.rounds, args.jobs, args.worker)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "also $IPGRAPH_CHANNELS_LAST=1, which workers inherit)")
     w.add_argument("--batch", type=int, default=4,
                    help="queued jobs that differ only in their seeds run as one sampling batch, at most this "
-                        "many (default 4; 1 = one job at a time; in-process worker)")
+                        "many (default 4; 1 = one job at a time; in-process and local:N workers)")
     return p
 
 

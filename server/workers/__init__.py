@@ -69,7 +69,8 @@ def build_pool(state) -> WorkerPool:
             pool.add(ProcessWorker(pool, i, url, cfg.token, runtime.models_dir, runtime.input_dir,
                                    (scratch / f"local-{i}").resolve(), device=f"cuda:{i % gpus}" if gpus else None,
                                    threads=max(1, (os.cpu_count() or 1) // n), respawn_delay=cfg.respawn_delay_s,
-                                   registry_spec=cfg.registry_spec, cache_gb=cfg.cache_bytes / 1024**3))
+                                   registry_spec=cfg.registry_spec, cache_gb=cfg.cache_bytes / 1024**3,
+                                   batch=cfg.batch))
     elif kind == "ray":
         from . import ray_pool
 

@@ -1,8 +1,10 @@
 """The lease protocol over HTTP, for ``ipgraph worker`` processes (``/ipgraph/worker/...``; the server's token
 guards them like every route).
 
-- ``POST /ipgraph/worker/lease`` ``{"worker", "device"?, "held"?, "wait"?}`` -> ``{"job", "token", "lease_s"}``, or
-  204 when nothing is pending for this worker within ``wait`` seconds (at most 10).
+- ``POST /ipgraph/worker/lease`` ``{"worker", "device"?, "held"?, "wait"?, "batch"?}`` -> ``{"job", "token",
+  "lease_s", "mates"}``, or 204 when nothing is pending for this worker within ``wait`` seconds (at most 10).
+  ``mates``: up to ``batch - 1`` (at most 15) more pending jobs leased with it because their graphs differ only
+  in their seeds (``{"job", "token"}`` each: the worker samples them as one batch, each with its own lease).
 - ``POST /ipgraph/worker/jobs/{id}/heartbeat`` ``{"worker", "token", "events": [...]}`` -> ``{"ok", "cancel"}``:
   relays the events to the submitting client and renews the lease; 409 once the lease is no longer this token's
   (it ran out and the job went to another worker: stop running it).
@@ -15,6 +17,7 @@ A remote worker's lease outlives a server restart: after one, its next heartbeat
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 
@@ -27,6 +30,7 @@ from .pool import Run, WorkerPool
 from .relay import Relay
 from .wire import from_json, to_json
 
+log = logging.getLogger("ipgraph.server")
 _NAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
 
 
@@ -68,10 +72,20 @@ def worker_router(state) -> APIRouter:
         wait = min(10.0, max(0.0, float(body.get("wait") or 0)))
         pool.register(worker, "local" if worker.startswith("local-") else "remote", device)
         deadline = time.monotonic() + wait
+        try:
+            batch = min(16, max(1, int(body.get("batch") or 1)))
+        except (TypeError, ValueError):
+            raise HTTPException(400, "batch must be a number of jobs") from None
         while True:
             run = await run_in_threadpool(pool.acquire, worker, held)
             if run is not None:
-                return {"job": run.payload(), "token": run.token, "lease_s": pool.lease_s}
+                try:
+                    mates = await run_in_threadpool(pool.acquire_mates, worker, run, batch)
+                except Exception:  # the job itself is leased: it runs alone
+                    log.exception("leasing batch mates failed")
+                    mates = []
+                return {"job": run.payload(), "token": run.token, "lease_s": pool.lease_s,
+                        "mates": [{"job": m.payload(), "token": m.token} for m in mates]}
             if time.monotonic() >= deadline or pool.stopping.is_set():
                 return Response(status_code=204)
             await asyncio.sleep(0.2)

@@ -32,14 +32,15 @@ class ProcessWorker:
 
     def __init__(self, pool: WorkerPool, index: int, server_url: str, token: str | None, models_dir: Path,
                  input_dir: Path, work_dir: Path, device: str | None = None, threads: int = 1,
-                 respawn_delay: float = 2.0, registry_spec: str | None = None, cache_gb: float = 2.0) -> None:
+                 respawn_delay: float = 2.0, registry_spec: str | None = None, cache_gb: float = 2.0,
+                 batch: int = 1) -> None:
         self.pool = pool
         self.id = f"local-{index}"
         self.url = server_url
         self.token = token
         self.args = [sys.executable, "-m", "ipgraph", "worker", "--server", server_url, "--name", self.id,
                      "--models-dir", str(models_dir), "--input-dir", str(input_dir), "--work-dir", str(work_dir),
-                     "--cache-gb", str(cache_gb), "--log-level", "warning"]
+                     "--cache-gb", str(cache_gb), "--batch", str(max(1, batch)), "--log-level", "warning"]
         if device:
             self.args += ["--device", device]
         if registry_spec:

@@ -37,15 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-gb", type=float, default=2.0, help="output cache size (GB)")
     p.add_argument("--registry", default=None, help="MODULE:ATTR node registry (default: ipgraph's nodes)")
     p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs (tests, batch use)")
+    p.add_argument("--batch", type=int, default=4,
+                   help="queued jobs that differ only in their seeds are leased and sampled as one batch, at most "
+                        "this many (default 4; 1 = one job at a time)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
 
 class RemoteWorker:
-    def __init__(self, server: str, token: str | None, name: str, runner, default_registry: bool = True) -> None:
+    def __init__(self, server: str, token: str | None, name: str, runner, default_registry: bool = True,
+                 batch: int = 1) -> None:
         import httpx
 
         self.name = name
+        self.batch = max(1, int(batch))  # jobs leased together when they differ only in their seeds
         self.runner = runner
         self.default_registry = default_registry
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -68,7 +73,8 @@ class RemoteWorker:
         while not self._stop.is_set() and (max_jobs is None or self.jobs_done < max_jobs):
             try:
                 resp = self._post("/ipgraph/worker/lease", {"worker": self.name, "device": device,
-                                                             "held": self.runner.held(), "wait": 5})
+                                                             "held": self.runner.held(), "wait": 5,
+                                                             "batch": self._batch_room(max_jobs)})
             except httpx.HTTPError as exc:
                 log.info("server unreachable (%s); retrying", type(exc).__name__)
                 self._stop.wait(1.0)
@@ -80,87 +86,123 @@ class RemoteWorker:
                 self._stop.wait(2.0)
                 continue
             lease = resp.json()
-            self.run_one(lease["job"], lease["token"], float(lease["lease_s"]))
-            self.jobs_done += 1
+            mates = [(m["job"], m["token"]) for m in lease.get("mates") or []]
+            self.run_leased([(lease["job"], lease["token"]), *mates], float(lease["lease_s"]))
+            self.jobs_done += 1 + len(mates)
+
+    def _batch_room(self, max_jobs: int | None) -> int:
+        return self.batch if max_jobs is None else max(1, min(self.batch, max_jobs - self.jobs_done))
 
     def run_one(self, job: dict, token: str, lease_s: float) -> None:
-        import httpx
+        """Run one leased job: heartbeats renew the lease and carry its events, then the outcome is posted."""
+        self.run_leased([(job, token)], lease_s)
 
-        from ipgraph.engine import CancelToken
-
+    def run_leased(self, leased: list[tuple[dict, str]], lease_s: float) -> None:
+        """Run the leased jobs, one alone or several as one batch (the server leased them together because
+        their graphs differ only in their seeds: ``JobRunner.run_batch``); each keeps its own lease, events,
+        cancel and outcome."""
         from .wire import from_json
 
-        job = from_json(job)
-        cancel = CancelToken()
-        events: list = []
-        lock = threading.Lock()
-        state = {"lost": False, "last_ok": time.monotonic()}
-        done = threading.Event()
-        path = f"/ipgraph/worker/jobs/{job['id']}"
-        name = self.name if self.name.startswith(("remote-", "local-")) else f"remote-{self.name}"
-
-        def beat() -> None:
-            with lock:
-                batch, events[:] = list(events), []
-            try:
-                resp = self._post(path + "/heartbeat", {"worker": name, "token": token, "events": batch})
-            except httpx.HTTPError:
-                with lock:
-                    events[:0] = batch  # keep them for the next beat
-                if time.monotonic() - state["last_ok"] > lease_s:
-                    state["lost"] = True  # the server has given the job to another worker by now
-                    cancel.cancel()
-                return
-            if resp.status_code == 409:
-                state["lost"] = True
-                cancel.cancel()
-                return
-            if resp.status_code == 200:
-                state["last_ok"] = time.monotonic()
-                if resp.json().get("cancel"):
-                    cancel.cancel()
-
-        def heartbeats() -> None:
-            period = min(0.25, lease_s / 4)
-            while not done.wait(period) and not state["lost"]:
-                beat()
-
+        leases = [_Lease(self, from_json(job), token, lease_s) for job, token in leased]
         if self.default_registry:
-            try:
-                from ipgraph.engine import Graph
-                from ipgraph.nodes.tiny import ensure_for_graph
+            self._prepare_tiny_models(leases[0].job)
+        for lease in leases:
+            lease.start()
+        if len(leases) == 1:
+            results = [self.runner.run(leases[0].job, leases[0].emit, leases[0].cancel)]
+        else:
+            results = self.runner.run_batch([x.job for x in leases], [x.emit for x in leases],
+                                            [x.cancel for x in leases])
+        for lease, result in zip(leases, results, strict=True):
+            lease.finish(result)
 
-                ensure_for_graph(Graph.from_dict(job["graph"], self.runner.engine.registry), self.runner.runtime)
-            except Exception:
-                log.debug("no tiny models prepared", exc_info=True)
-        hb = threading.Thread(target=heartbeats, name="ipgraph-heartbeat", daemon=True)
-        hb.start()
+    def _prepare_tiny_models(self, job: dict) -> None:
+        try:
+            from ipgraph.engine import Graph
+            from ipgraph.nodes.tiny import ensure_for_graph
 
-        def emit(wire: dict) -> None:
-            with lock:
-                events.append(wire)
+            ensure_for_graph(Graph.from_dict(job["graph"], self.runner.engine.registry), self.runner.runtime)
+        except Exception:
+            log.debug("no tiny models prepared", exc_info=True)
 
-        result = self.runner.run(job, emit, cancel)
-        done.set()
-        hb.join(30)
-        if state["lost"]:
-            log.warning("job %s: the lease was lost; its result is dropped", job["id"])
+
+class _Lease:
+    """One leased job on this worker: its events go out with heartbeats that renew the lease; a lost lease
+    cancels the run; the outcome is posted while the lease can still hold."""
+
+    def __init__(self, worker: RemoteWorker, job: dict, token: str, lease_s: float) -> None:
+        from ipgraph.engine import CancelToken
+
+        self.worker, self.job, self.token, self.lease_s = worker, job, token, lease_s
+        self.cancel = CancelToken()
+        self.events: list = []
+        self.lock = threading.Lock()
+        self.lost, self.last_ok = False, time.monotonic()
+        self.done = threading.Event()
+        self.path = f"/ipgraph/worker/jobs/{job['id']}"
+        name = worker.name
+        self.name = name if name.startswith(("remote-", "local-")) else f"remote-{name}"
+        self.thread = threading.Thread(target=self._heartbeats, name="ipgraph-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def emit(self, wire: dict) -> None:
+        with self.lock:
+            self.events.append(wire)
+
+    def beat(self) -> None:
+        import httpx
+
+        with self.lock:
+            batch, self.events[:] = list(self.events), []
+        try:
+            resp = self.worker._post(self.path + "/heartbeat", {"worker": self.name, "token": self.token,
+                                                                "events": batch})
+        except httpx.HTTPError:
+            with self.lock:
+                self.events[:0] = batch  # keep them for the next beat
+            if time.monotonic() - self.last_ok > self.lease_s:
+                self.lost = True  # the server has given the job to another worker by now
+                self.cancel.cancel()
             return
-        beat()  # the last events, before the outcome
-        body = {"worker": name, "token": token, "result": result, "held": self.runner.held()}
+        if resp.status_code == 409:
+            self.lost = True
+            self.cancel.cancel()
+            return
+        if resp.status_code == 200:
+            self.last_ok = time.monotonic()
+            if resp.json().get("cancel"):
+                self.cancel.cancel()
+
+    def _heartbeats(self) -> None:
+        period = min(0.25, self.lease_s / 4)
+        while not self.done.wait(period) and not self.lost:
+            self.beat()
+
+    def finish(self, result: dict) -> None:
+        import httpx
+
+        self.done.set()
+        self.thread.join(30)
+        if self.lost:
+            log.warning("job %s: the lease was lost; its result is dropped", self.job["id"])
+            return
+        self.beat()  # the last events, before the outcome
+        body = {"worker": self.name, "token": self.token, "result": result, "held": self.worker.runner.held()}
         while True:  # the server may be restarting: keep trying while the lease can still hold
             try:
-                resp = self._post(path + "/complete", body)
+                resp = self.worker._post(self.path + "/complete", body)
                 if resp.status_code == 409:
-                    log.warning("job %s: the lease was lost before completion", job["id"])
+                    log.warning("job %s: the lease was lost before completion", self.job["id"])
                 return
             except httpx.HTTPError:
-                if time.monotonic() - state["last_ok"] > lease_s or self._stop.is_set():
-                    log.warning("job %s: server unreachable; giving up its result", job["id"])
+                if time.monotonic() - self.last_ok > self.lease_s or self.worker._stop.is_set():
+                    log.warning("job %s: server unreachable; giving up its result", self.job["id"])
                     return
                 time.sleep(0.5)
                 try:
-                    beat()
+                    self.beat()
                 except Exception:
                     pass
 
@@ -184,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine(_load_registry(args.registry), runtime, cache_bytes=int(args.cache_gb * 1024**3))
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
     worker = RemoteWorker(args.server, args.token, name, JobRunner(engine, upload=True),
-                          default_registry=args.registry is None)
+                          default_registry=args.registry is None, batch=args.batch)
     print(f"ipgraph worker {name} on {runtime.device}, serving {args.server}", file=sys.stderr)
     try:
         worker.serve(args.max_jobs)
