@@ -93,10 +93,6 @@ class RemoteWorker:
     def _batch_room(self, max_jobs: int | None) -> int:
         return self.batch if max_jobs is None else max(1, min(self.batch, max_jobs - self.jobs_done))
 
-    def run_one(self, job: dict, token: str, lease_s: float) -> None:
-        """Run one leased job: heartbeats renew the lease and carry its events, then the outcome is posted."""
-        self.run_leased([(job, token)], lease_s)
-
     def run_leased(self, leased: list[tuple[dict, str]], lease_s: float) -> None:
         """Run the leased jobs, one alone or several as one batch (the server leased them together because
         their graphs differ only in their seeds: ``JobRunner.run_batch``); each keeps its own lease, events,
